@@ -1,0 +1,1 @@
+//! The NBD wire protocol as a pure codec.

@@ -65,7 +65,7 @@ pub fn parse_option_header(buf: &[u8; 16]) -> Result<OptionHeader, CodecError> {
     let mut r = Reader::new(buf);
     let (magic, option, length) = match (r.u64(), r.u32(), r.u32()) {
         (Some(m), Some(o), Some(l)) => (m, o, l),
-        _ => unreachable_truncated()?,
+        _ => return Err(fixed_size_truncated(buf.len())),
     };
     if magic != IHAVEOPT {
         return Err(CodecError::BadMagic {
@@ -76,10 +76,13 @@ pub fn parse_option_header(buf: &[u8; 16]) -> Result<OptionHeader, CodecError> {
     Ok(OptionHeader { option, length })
 }
 
-/// Fixed-size buffers cannot be short; this keeps the code panic-free
-/// without `unwrap`.
-fn unreachable_truncated<T>() -> Result<T, CodecError> {
-    Err(CodecError::Truncated { needed: 0, got: 0 })
+/// Fixed-size buffers cannot be short, so this is unreachable; it keeps the
+/// decoders panic-free without `unwrap`.
+fn fixed_size_truncated(len: usize) -> CodecError {
+    CodecError::Truncated {
+        needed: len,
+        got: len,
+    }
 }
 
 /// The data of `NBD_OPT_INFO` / `NBD_OPT_GO`.
@@ -441,7 +444,7 @@ pub fn parse_option_reply_header(buf: &[u8; 20]) -> Result<(u32, u32, u32), Code
     let mut r = Reader::new(buf);
     let (magic, option, reply_type, length) = match (r.u64(), r.u32(), r.u32(), r.u32()) {
         (Some(m), Some(o), Some(t), Some(l)) => (m, o, t, l),
-        _ => unreachable_truncated()?,
+        _ => return Err(fixed_size_truncated(buf.len())),
     };
     if magic != NBD_OPT_REPLY_MAGIC {
         return Err(CodecError::BadMagic {

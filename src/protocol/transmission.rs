@@ -228,6 +228,46 @@ fn extended(h: &mut ReplyHeader, kind: u16, cookie: u64, offset: u64, length: u6
         .u64(length);
 }
 
+/// A simple reply header: magic `0x67446698`, 32-bit error, cookie.  Only
+/// valid when extended headers were not negotiated.
+pub fn simple_reply(cookie: u64, nbd_error: u32) -> ReplyHeader {
+    simple(cookie, nbd_error)
+}
+
+/// A general chunk header for replies not covered by the functions below
+/// (e.g. multi-chunk replies): a structured chunk header (20 bytes) for
+/// `Simple` and `Structured` — `length` saturates at `u32::MAX` and
+/// `offset` is not sent — or an extended one (32 bytes, `offset` is the
+/// request's offset) for `Extended`.  The payload is the caller's.
+pub fn chunk_header(
+    style: ReplyStyle,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    length: u64,
+) -> ReplyHeader {
+    let mut h = ReplyHeader::new();
+    match style {
+        ReplyStyle::Simple | ReplyStyle::Structured => {
+            h.u32(NBD_STRUCTURED_REPLY_MAGIC)
+                .u16(flags)
+                .u16(kind)
+                .u64(cookie)
+                .u32(u32::try_from(length).unwrap_or(u32::MAX));
+        }
+        ReplyStyle::Extended => {
+            h.u32(NBD_EXTENDED_REPLY_MAGIC)
+                .u16(flags)
+                .u16(kind)
+                .u64(cookie)
+                .u64(offset)
+                .u64(length);
+        }
+    }
+    h
+}
+
 /// The bytes that precede `data_len` bytes of successfully read data, for a
 /// read request at `offset` with `cookie`:
 /// - `Simple`: simple reply, error 0 (16 bytes);
@@ -395,7 +435,10 @@ pub fn block_status_reply(
             let mut out = Vec::with_capacity(EXTENDED_REPLY_LEN + 8 + extents.len() * 16);
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(&context_id.to_be_bytes());
-            out.extend_from_slice(&super::len_u32(extents.len()).to_be_bytes());
+            // The spec allows a count of 0 ("determined by the length");
+            // use it in the impossible case that the real count overflows.
+            let count = u32::try_from(extents.len()).unwrap_or(0);
+            out.extend_from_slice(&count.to_be_bytes());
             for &(len, flags) in extents {
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(&u64::from(flags).to_be_bytes());
@@ -769,6 +812,36 @@ mod tests {
         let out = block_status_reply(ReplyStyle::Extended, 1, 0, 1, &ext);
         assert_eq!(out.len(), 32 + 8 + 3 * 16);
         assert_eq!(&out[56..64], &(1u64 << 33).to_be_bytes());
+    }
+
+    #[test]
+    fn chunk_header_bytes() {
+        assert_eq!(
+            chunk_header(
+                ReplyStyle::Structured,
+                0,
+                NBD_REPLY_TYPE_OFFSET_HOLE,
+                COOKIE,
+                OFF,
+                12
+            )
+            .as_bytes(),
+            cat(&[
+                &[0x66, 0x8e, 0x33, 0xef],
+                &[0, 0],
+                &[0, 2],
+                &COOKIE_BYTES,
+                &[0, 0, 0, 12]
+            ])
+        );
+        assert_eq!(
+            chunk_header(ReplyStyle::Extended, 1, NBD_REPLY_TYPE_NONE, COOKIE, OFF, 0),
+            ok_reply(ReplyStyle::Extended, COOKIE, OFF)
+        );
+        assert_eq!(
+            simple_reply(COOKIE, NBD_EPERM).as_bytes(),
+            cat(&[&[0x67, 0x44, 0x66, 0x98], &[0, 0, 0, 1], &COOKIE_BYTES])
+        );
     }
 
     #[test]

@@ -170,6 +170,7 @@ const CALLBACKS: &[&str] = &[
     "list_exports",
     "default_export",
     "open",
+    "close",
     "get_size",
     "block_size",
     "can_write",

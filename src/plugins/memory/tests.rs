@@ -379,3 +379,31 @@ fn malloc_mlock_small() {
 fn malloc_too_large_is_an_error() {
     assert!(Malloc::new(i64::MAX as u64, false).is_err());
 }
+
+#[test]
+#[ignore]
+fn bench_sparse_parallel() {
+    let a: Arc<dyn Allocator> = Arc::new(Sparse::new());
+    let start = std::time::Instant::now();
+    thread::scope(|s| {
+        for t in 0..16u64 {
+            let a = a.clone();
+            s.spawn(move || {
+                let mut x = t.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+                let mut buf = vec![t as u8; 4096];
+                for i in 0..200_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let off = (x % (1 << 18)) * 4096;
+                    if i % 2 == 0 {
+                        a.write(&buf, off).unwrap();
+                    } else {
+                        a.read(&mut buf, off).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    eprintln!("3.2M ops in {:?}", start.elapsed());
+}

@@ -94,6 +94,34 @@ pub fn parse_unsigned(what: &str, s: &str, max: u64) -> Result<u64> {
     Ok(v)
 }
 
+/// Parse a delay as `nbdkit_parse_delay` does: a non-negative decimal number
+/// of seconds, optionally with a unit suffix `s`, `ms`, `us` (or `μs`) or
+/// `ns` (`1`, `1.5`, `1.5s`, `120ms`, `10us`, `1ns`).
+pub fn parse_delay(what: &str, s: &str) -> Result<std::time::Duration> {
+    let bad = || Error::config(format!("{what}: could not parse delay: \"{s}\""));
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix("us").or_else(|| t.strip_suffix("μs")) {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix("ns") {
+        (n, 1e-9)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let secs = v * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +230,25 @@ mod tests {
         }
         assert!(parse_bool("maybe").is_err());
         assert!(parse_bool("").is_err());
+    }
+
+    #[test]
+    fn delays() {
+        use std::time::Duration;
+        assert_eq!(parse_delay("d", "1").unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            parse_delay("d", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_delay("d", "120ms").unwrap(),
+            Duration::from_millis(120)
+        );
+        assert_eq!(parse_delay("d", "10us").unwrap(), Duration::from_micros(10));
+        assert_eq!(parse_delay("d", "7ns").unwrap(), Duration::from_nanos(7));
+        for bad in ["", "ms", "-1", "1x", "abc", "1e9999"] {
+            assert!(parse_delay("d", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

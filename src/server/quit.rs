@@ -89,3 +89,28 @@ pub fn dup_fd() -> Result<OwnedFd> {
         .try_clone_to_owned()
         .map_err(|e| Error::io(e, "dup"))
 }
+
+/// Sleep for `d`, waking early if the server is told to stop (nbdkit's
+/// `nbdkit_nanosleep`): returns `ESHUTDOWN` in that case.
+pub fn sleep(d: std::time::Duration) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + d;
+    loop {
+        if requested() {
+            return Err(Error::new(
+                nix::errno::Errno::ESHUTDOWN,
+                "server is shutting down",
+            ));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+    }
+}

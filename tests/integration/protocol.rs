@@ -1,0 +1,510 @@
+//! The NBD protocol spoken with raw sockets (bytes written by hand).
+
+use crate::harness::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_STARTTLS: u32 = 5;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = 0x8000_0001;
+const REP_ERR_BIT: u32 = 0x8000_0000;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+
+const FLAG_HAS_FLAGS: u16 = 1;
+const FLAG_READ_ONLY: u16 = 2;
+
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+const EPERM: u32 = 1;
+
+struct Conn {
+    s: UnixStream,
+}
+
+impl Conn {
+    /// Connect and read the 18-byte newstyle greeting; returns handshake flags.
+    fn newstyle(path: &Path) -> (Conn, u16) {
+        let s = UnixStream::connect(path).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut c = Conn { s };
+        assert_eq!(c.u64(), NBDMAGIC, "bad NBDMAGIC");
+        assert_eq!(c.u64(), IHAVEOPT, "not newstyle (IHAVEOPT missing)");
+        let flags = c.u16();
+        (c, flags)
+    }
+
+    /// Newstyle greeting plus client flags (fixed newstyle, no zeroes).
+    fn fixed(path: &Path) -> Conn {
+        let (mut c, flags) = Conn::newstyle(path);
+        assert_eq!(flags & 1, 1, "server is not fixed newstyle");
+        c.put(&3u32.to_be_bytes());
+        c
+    }
+
+    fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.s
+            .read_exact(&mut v)
+            .unwrap_or_else(|e| panic!("reading {n} bytes from server: {e}"));
+        v
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.read_exact(2).try_into().unwrap())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.read_exact(4).try_into().unwrap())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.read_exact(8).try_into().unwrap())
+    }
+    fn put(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write to server");
+    }
+
+    fn send_opt(&mut self, opt: u32, data: &[u8]) {
+        let mut b = Vec::with_capacity(16 + data.len());
+        b.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        b.extend_from_slice(&opt.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.put(&b);
+    }
+
+    /// One option reply: (option, reply type, payload).
+    fn opt_reply(&mut self) -> (u32, u32, Vec<u8>) {
+        assert_eq!(self.u64(), OPT_REPLY_MAGIC, "bad option reply magic");
+        let opt = self.u32();
+        let rtype = self.u32();
+        let len = self.u32() as usize;
+        let data = self.read_exact(len);
+        (opt, rtype, data)
+    }
+
+    /// Send INFO or GO for `name` with no info requests; collect replies up
+    /// to the final one. Returns (final type, INFO_EXPORT (size, eflags)).
+    fn info_or_go(&mut self, opt: u32, name: &[u8]) -> (u32, Option<(u64, u16)>) {
+        let mut d = Vec::new();
+        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        d.extend_from_slice(name);
+        d.extend_from_slice(&0u16.to_be_bytes());
+        self.send_opt(opt, &d);
+        let mut export = None;
+        loop {
+            let (o, t, data) = self.opt_reply();
+            assert_eq!(o, opt, "reply for wrong option");
+            if t == REP_INFO {
+                assert!(data.len() >= 2);
+                let kind = u16::from_be_bytes([data[0], data[1]]);
+                if kind == 0 {
+                    assert_eq!(data.len(), 12, "NBD_INFO_EXPORT length");
+                    let size = u64::from_be_bytes(data[2..10].try_into().unwrap());
+                    let fl = u16::from_be_bytes([data[10], data[11]]);
+                    export = Some((size, fl));
+                }
+                continue;
+            }
+            return (t, export);
+        }
+    }
+
+    /// GO on the default export; panics unless it succeeds. Returns (size, eflags).
+    fn go(&mut self) -> (u64, u16) {
+        let (t, e) = self.info_or_go(OPT_GO, b"");
+        assert_eq!(t, REP_ACK, "NBD_OPT_GO failed with reply type {t:#x}");
+        e.expect("GO succeeded without NBD_INFO_EXPORT")
+    }
+
+    fn request(
+        &mut self,
+        flags: u16,
+        typ: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) {
+        let mut b = Vec::with_capacity(28 + payload.len());
+        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&typ.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(payload);
+        self.put(&b);
+    }
+
+    /// Read a simple reply header: (error, cookie).
+    fn simple_reply(&mut self) -> (u32, u64) {
+        assert_eq!(self.u32(), SIMPLE_REPLY_MAGIC, "bad simple reply magic");
+        let err = self.u32();
+        let cookie = self.u64();
+        (err, cookie)
+    }
+
+    /// READ with simple replies; Ok(data) or Err(errno).
+    fn read(&mut self, cookie: u64, offset: u64, len: u32, flags: u16) -> Result<Vec<u8>, u32> {
+        self.request(flags, CMD_READ, cookie, offset, len, &[]);
+        let (err, c) = self.simple_reply();
+        assert_eq!(c, cookie, "reply cookie mismatch");
+        if err == 0 {
+            Ok(self.read_exact(len as usize))
+        } else {
+            Err(err)
+        }
+    }
+
+    fn write(&mut self, cookie: u64, offset: u64, data: &[u8], flags: u16) -> u32 {
+        self.request(flags, CMD_WRITE, cookie, offset, data.len() as u32, data);
+        let (err, c) = self.simple_reply();
+        assert_eq!(c, cookie, "reply cookie mismatch");
+        err
+    }
+
+    /// Send NBD_CMD_DISC and expect the server to close the connection.
+    fn disconnect(mut self) {
+        self.request(0, CMD_DISC, 999, 0, 0, &[]);
+        let mut buf = [0u8; 1];
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        match self.s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(_) => panic!("server sent data after NBD_CMD_DISC"),
+            Err(e) => panic!("after NBD_CMD_DISC: {e}"),
+        }
+    }
+}
+
+#[test]
+fn newstyle_greeting() {
+    let s = Server::start(&["null", "1M"]);
+    let (c, flags) = Conn::newstyle(&s.sock);
+    assert_eq!(flags, 3, "handshake flags FIXED_NEWSTYLE|NO_ZEROES");
+    drop(c);
+}
+
+#[test]
+fn go_reports_size_and_flags() {
+    let mut s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    let (size, fl) = c.go();
+    assert_eq!(size, 1 << 20);
+    assert_ne!(fl & FLAG_HAS_FLAGS, 0);
+    assert_eq!(fl & FLAG_READ_ONLY, 0);
+    // Round trip data with simple replies.
+    let data = pseudo_random(4096, 7);
+    assert_eq!(c.write(1, 12345, &data, 0), 0);
+    assert_eq!(c.read(2, 12345, 4096, 0).unwrap(), data);
+    c.request(0, CMD_FLUSH, 3, 0, 0, &[]);
+    assert_eq!(c.simple_reply(), (0, 3));
+    c.disconnect();
+    s.stop_ok();
+}
+
+#[test]
+fn unknown_option_then_go() {
+    let s = Server::start(&["memory", "64K"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(99, b"some data");
+    let (o, t, _) = c.opt_reply();
+    assert_eq!(o, 99);
+    assert_eq!(
+        t, REP_ERR_UNSUP,
+        "unknown option must get NBD_REP_ERR_UNSUP"
+    );
+    let (size, _) = c.go();
+    assert_eq!(size, 65536);
+    assert_eq!(c.read(1, 0, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn starttls_refused_when_tls_off() {
+    let s = Server::start(&["--tls=off", "memory", "64K"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_STARTTLS, b"");
+    let (o, t, _) = c.opt_reply();
+    assert_eq!(o, OPT_STARTTLS);
+    assert_ne!(
+        t & REP_ERR_BIT,
+        0,
+        "STARTTLS must get an error reply, got {t:#x}"
+    );
+    assert_ne!(t, 0x8000_0005, "must never be ERR_TLS_REQD in NOTLS mode");
+    let (size, _) = c.go();
+    assert_eq!(size, 65536);
+    c.disconnect();
+}
+
+#[test]
+fn list_exports() {
+    let s = Server::start(&["memory", "64K"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_LIST, b"");
+    let mut names = Vec::new();
+    loop {
+        let (o, t, data) = c.opt_reply();
+        assert_eq!(o, OPT_LIST);
+        match t {
+            REP_SERVER => {
+                let n = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+                assert!(4 + n <= data.len(), "bad NBD_REP_SERVER");
+                names.push(data[4..4 + n].to_vec());
+            }
+            REP_ACK => break,
+            _ => panic!("unexpected reply {t:#x} to NBD_OPT_LIST"),
+        }
+    }
+    assert_eq!(
+        names,
+        vec![Vec::<u8>::new()],
+        "memory lists the default export"
+    );
+    let (size, _) = c.go();
+    assert_eq!(size, 65536);
+    c.disconnect();
+}
+
+#[test]
+fn abort_gets_ack() {
+    let s = Server::start(&["null"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_ABORT, b"");
+    // The server may reply ACK or just close; if it replies, it is an ACK.
+    let mut b = [0u8; 8];
+    match c.s.read_exact(&mut b) {
+        Ok(()) => {
+            assert_eq!(u64::from_be_bytes(b), OPT_REPLY_MAGIC);
+            assert_eq!(c.u32(), OPT_ABORT);
+            assert_eq!(c.u32(), REP_ACK);
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+    }
+    // And the server still serves new clients.
+    let mut c2 = Conn::fixed(&s.sock);
+    c2.go();
+}
+
+#[test]
+fn info_long_export_names() {
+    let s = Server::start(&["null", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    let name4096 = vec![b'x'; 4096];
+    let (t, e) = c.info_or_go(OPT_INFO, &name4096);
+    assert_eq!(t, REP_ACK, "4096-byte export name must be accepted");
+    assert_eq!(e.expect("INFO_EXPORT").0, 1 << 20);
+    let name4097 = vec![b'x'; 4097];
+    let (t, _) = c.info_or_go(OPT_INFO, &name4097);
+    assert_ne!(t & REP_ERR_BIT, 0, "4097-byte export name must be refused");
+    // Still negotiating: GO works.
+    let (t, e) = c.info_or_go(OPT_GO, &name4096);
+    assert_eq!(t, REP_ACK);
+    assert_eq!(e.unwrap().0, 1 << 20);
+    c.disconnect();
+}
+
+#[test]
+fn read_past_end_then_valid_read() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    assert_eq!(c.read(1, (1 << 20) - 100, 512, 0), Err(EINVAL));
+    assert_eq!(c.read(2, 1 << 21, 1, 0), Err(EINVAL));
+    assert_eq!(c.read(3, u64::MAX - 10, 512, 0), Err(EINVAL));
+    assert_eq!(c.read(4, (1 << 20) - 512, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn write_past_end_stays_in_sync() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    let junk = vec![0xaau8; 4096];
+    let err = c.write(1, (1 << 20) - 1024, &junk, 0);
+    assert!(
+        err == ENOSPC || err == EINVAL,
+        "write past end: errno {err}"
+    );
+    // The payload must have been consumed: the next request is parsed as such.
+    let data = pseudo_random(1024, 3);
+    assert_eq!(c.write(2, (1 << 20) - 1024, &data, 0), 0);
+    assert_eq!(c.read(3, (1 << 20) - 1024, 1024, 0).unwrap(), data);
+    c.disconnect();
+}
+
+#[test]
+fn oversized_read_gets_error() {
+    let s = Server::start(&["memory", "128M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    let r = c.read(1, 0, 64 * 1024 * 1024 + 1, 0);
+    assert!(r.is_err(), "64 MiB + 1 read must fail");
+    assert_eq!(c.read(2, 0, 4096, 0).unwrap(), vec![0u8; 4096]);
+    c.disconnect();
+}
+
+#[test]
+fn unknown_command_flag_gets_einval() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    assert_eq!(c.read(1, 0, 512, 1 << 14), Err(EINVAL));
+    assert_eq!(c.read(2, 0, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn unknown_command_type_gets_einval() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    c.request(0, 200, 1, 0, 0, &[]);
+    assert_eq!(c.simple_reply(), (EINVAL, 1));
+    assert_eq!(c.read(2, 0, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn readonly_write_gets_eperm() {
+    let s = Server::start(&["-r", "memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    let (_, fl) = c.go();
+    assert_ne!(fl & FLAG_READ_ONLY, 0);
+    assert_eq!(c.write(1, 0, &[1u8; 512], 0), EPERM);
+    assert_eq!(c.read(2, 0, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn oldstyle_greeting() {
+    let s = Server::start(&["-o", "memory", "1M"]);
+    let mut st = UnixStream::connect(&s.sock).unwrap();
+    st.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut g = [0u8; 152];
+    st.read_exact(&mut g).expect("152-byte oldstyle greeting");
+    assert_eq!(u64::from_be_bytes(g[0..8].try_into().unwrap()), NBDMAGIC);
+    assert_eq!(
+        u64::from_be_bytes(g[8..16].try_into().unwrap()),
+        OLDSTYLE_MAGIC
+    );
+    assert_eq!(u64::from_be_bytes(g[16..24].try_into().unwrap()), 1 << 20);
+    let flags = u32::from_be_bytes(g[24..28].try_into().unwrap());
+    assert_eq!(flags >> 16, 0, "global flags are zero");
+    assert_ne!(flags & 1, 0, "HAS_FLAGS");
+    assert!(g[28..].iter().all(|&b| b == 0), "124 zero bytes");
+    let mut c = Conn { s: st };
+    let data = pseudo_random(1000, 11);
+    assert_eq!(c.write(1, 333, &data, 0), 0);
+    assert_eq!(c.read(2, 333, 1000, 0).unwrap(), data);
+    c.disconnect();
+}
+
+#[test]
+fn oldstyle_reported_by_nbdinfo() {
+    let s = Server::start(&["-o", "memory", "1M"]);
+    let out = nbdinfo(&["--json", &s.uri()]);
+    assert!(out.contains("\"protocol\": \"oldstyle\""), "{out}");
+    let s2 = Server::start(&["-n", "memory", "1M"]);
+    let out = nbdinfo(&["--json", &s2.uri()]);
+    assert!(out.contains("\"protocol\": \"newstyle-fixed\""), "{out}");
+}
+
+#[test]
+fn mask_handshake_zero() {
+    let s = Server::start(&["--mask-handshake=0", "memory", "1M"]);
+    let (mut c, flags) = Conn::newstyle(&s.sock);
+    assert_eq!(flags, 0, "--mask-handshake=0 must send handshake flags 0");
+    c.put(&0u32.to_be_bytes());
+    c.send_opt(OPT_EXPORT_NAME, b"");
+    assert_eq!(c.u64(), 1 << 20, "export size");
+    let fl = c.u16();
+    assert_ne!(fl & FLAG_HAS_FLAGS, 0);
+    let zeroes = c.read_exact(124);
+    assert!(zeroes.iter().all(|&b| b == 0), "124 zero bytes");
+    assert_eq!(c.read(1, 0, 512, 0).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn export_name_option_with_no_zeroes() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_EXPORT_NAME, b"");
+    assert_eq!(c.u64(), 1 << 20);
+    let _fl = c.u16();
+    // NO_ZEROES negotiated: the next bytes are a reply to our request.
+    assert_eq!(c.read(1, 0, 16, 0).unwrap(), vec![0u8; 16]);
+    c.disconnect();
+}
+
+#[test]
+fn no_sr_refuses_structured_replies() {
+    let s = Server::start(&["--no-sr", "memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_STRUCTURED_REPLY, b"");
+    let (o, t, _) = c.opt_reply();
+    assert_eq!(o, OPT_STRUCTURED_REPLY);
+    assert_eq!(t, REP_ERR_UNSUP);
+    c.go();
+    c.disconnect();
+
+    let out = nbdsh(&s.uri(), "print(h.get_structured_replies_negotiated())");
+    assert_eq!(out.trim(), "False");
+    let out = nbdinfo(&["--json", &s.uri()]);
+    assert!(out.contains("\"structured\": false"), "{out}");
+}
+
+#[test]
+fn structured_replies_by_default() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_STRUCTURED_REPLY, b"");
+    let (o, t, _) = c.opt_reply();
+    assert_eq!((o, t), (OPT_STRUCTURED_REPLY, REP_ACK));
+    drop(c);
+    let out = nbdsh(&s.uri(), "print(h.get_structured_replies_negotiated())");
+    assert_eq!(out.trim(), "True");
+}
+
+#[test]
+fn garbage_client_does_not_kill_server() {
+    let mut s = Server::start(&["memory", "1M"]);
+    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0xffu8; 100][..], &b""[..]] {
+        let mut st = UnixStream::connect(&s.sock).unwrap();
+        let _ = st.write_all(junk);
+        drop(st);
+    }
+    // Bad request magic after GO.
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    c.put(&[0u8; 28]);
+    drop(c);
+    assert!(s.is_running(), "server died");
+    assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
+    s.stop_ok();
+}

@@ -516,3 +516,32 @@ pub fn assert_no_panic(o: &Output) {
         o.status.signal()
     );
 }
+
+/// Run `jq -c FILTER` on `input`; returns jq's stdout.
+#[track_caller]
+pub fn jq(filter: &str, input: &str) -> String {
+    use std::io::Write;
+    let mut c = client("/usr/bin/jq");
+    c.args(["-c", filter]).stdin(Stdio::piped());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("required program jq is not installed: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.as_bytes().to_vec();
+    let w = thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let o = wait_output(child, TIMEOUT, "jq");
+    w.join().unwrap();
+    assert_success(&o, &format!("jq {filter} on:\n{input}"));
+    stdout_str(&o)
+}
+
+/// `qemu-img map --output=json` of `target` (with `-f raw`), as compact JSON
+/// with the host-specific "offset" field removed.
+#[track_caller]
+pub fn qemu_img_map(target: &str) -> String {
+    let out = qemu_img(&["map", "--output=json", "-f", "raw", target]);
+    jq("map(del(.offset))", &out).trim().to_string()
+}

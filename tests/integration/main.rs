@@ -5,4 +5,8 @@ mod harness;
 
 mod captive;
 mod cli;
+mod clients;
+mod file;
+mod memory;
+mod null;
 mod protocol;

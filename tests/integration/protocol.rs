@@ -508,3 +508,208 @@ fn garbage_client_does_not_kill_server() {
     assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
     s.stop_ok();
 }
+
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_TYPE_NONE: u16 = 0;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_ERROR: u16 = 0x8001;
+
+impl Conn {
+    /// One structured reply chunk: (flags, type, cookie, payload).
+    fn chunk(&mut self) -> (u16, u16, u64, Vec<u8>) {
+        assert_eq!(
+            self.u32(),
+            STRUCTURED_REPLY_MAGIC,
+            "bad structured reply magic"
+        );
+        let flags = self.u16();
+        let typ = self.u16();
+        let cookie = self.u64();
+        let len = self.u32() as usize;
+        let data = self.read_exact(len);
+        (flags, typ, cookie, data)
+    }
+}
+
+#[test]
+fn unknown_client_flags_close_connection() {
+    let s = Server::start(&["null", "1M"]);
+    let (mut c, _) = Conn::newstyle(&s.sock);
+    c.put(&0x8000_0003u32.to_be_bytes());
+    // Whatever we send next, the server must not answer an option.
+    let _ = c.s.write_all(&{
+        let mut b = IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&OPT_LIST.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b
+    });
+    let mut buf = [0u8; 8];
+    match c.s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("server did not close after unknown client flags: {other:?}"),
+    }
+    assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
+}
+
+#[test]
+fn structured_read_replies() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(OPT_STRUCTURED_REPLY, b"");
+    assert_eq!(c.opt_reply().1, REP_ACK);
+    let (_, fl) = c.go();
+    assert_ne!(fl & 128, 0, "SEND_DF advertised with structured replies");
+    let data = pseudo_random(5000, 8);
+    assert_eq!(c.write(1, 777, &data, 0), 0);
+    // A successful READ: data chunks (OFFSET_DATA or holes), the last DONE.
+    c.request(0, CMD_READ, 2, 777, 5000, &[]);
+    let mut got = vec![0u8; 5000];
+    let mut covered = 0usize;
+    loop {
+        let (flags, typ, cookie, payload) = c.chunk();
+        assert_eq!(cookie, 2);
+        match typ {
+            REPLY_TYPE_OFFSET_DATA => {
+                let off = u64::from_be_bytes(payload[0..8].try_into().unwrap()) as usize - 777;
+                got[off..off + payload.len() - 8].copy_from_slice(&payload[8..]);
+                covered += payload.len() - 8;
+            }
+            2 => {
+                let n = u32::from_be_bytes(payload[8..12].try_into().unwrap()) as usize;
+                covered += n;
+            }
+            REPLY_TYPE_NONE => assert_eq!(payload.len(), 0),
+            t => panic!("unexpected chunk type {t:#x}"),
+        }
+        if flags & REPLY_FLAG_DONE != 0 {
+            break;
+        }
+    }
+    assert_eq!(covered, 5000);
+    assert_eq!(got, data);
+    // A failing READ gets an error chunk (structured, even for errors).
+    c.request(0, CMD_READ, 3, 1 << 20, 512, &[]);
+    let (flags, typ, cookie, payload) = c.chunk();
+    assert_eq!(cookie, 3);
+    assert!(typ == REPLY_TYPE_ERROR || typ == 0x8002, "type {typ:#x}");
+    assert_ne!(flags & REPLY_FLAG_DONE, 0);
+    assert_eq!(
+        u32::from_be_bytes(payload[0..4].try_into().unwrap()),
+        EINVAL
+    );
+    // DF read of 64 KiB works.
+    c.request(4, CMD_READ, 4, 0, 65536, &[]);
+    let (flags, typ, cookie, payload) = c.chunk();
+    assert_eq!(cookie, 4);
+    assert_eq!(typ, REPLY_TYPE_OFFSET_DATA);
+    assert_eq!(payload.len(), 8 + 65536);
+    if flags & REPLY_FLAG_DONE == 0 {
+        let (flags, typ, _, _) = c.chunk();
+        assert_eq!((flags & REPLY_FLAG_DONE, typ), (1, REPLY_TYPE_NONE));
+    }
+    c.disconnect();
+}
+
+#[test]
+fn zeroes_and_trim_past_end() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    c.request(0, CMD_WRITE_ZEROES, 1, (1 << 20) - 10, 20, &[]);
+    let (err, cookie) = c.simple_reply();
+    assert_eq!(cookie, 1);
+    assert!(err == ENOSPC || err == EINVAL, "errno {err}");
+    c.request(0, CMD_TRIM, 2, 1 << 20, 1, &[]);
+    let (err, cookie) = c.simple_reply();
+    assert_eq!(cookie, 2);
+    assert!(err == EINVAL || err == ENOSPC, "errno {err}");
+    assert_eq!(c.read(3, 0, 1, 0).unwrap(), vec![0]);
+    c.disconnect();
+}
+
+#[test]
+fn pipelined_requests_all_answered() {
+    let s = Server::start(&["-t", "8", "memory", "4M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    // 64 writes to distinct blocks sent without waiting, then all replies.
+    let mut batch = Vec::new();
+    for i in 0..64u64 {
+        let data = vec![(i + 1) as u8; 4096];
+        let mut b = Vec::new();
+        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&CMD_WRITE.to_be_bytes());
+        b.extend_from_slice(&(1000 + i).to_be_bytes());
+        b.extend_from_slice(&(i * 65536).to_be_bytes());
+        b.extend_from_slice(&4096u32.to_be_bytes());
+        b.extend_from_slice(&data);
+        batch.extend_from_slice(&b);
+    }
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&batch).unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let (err, cookie) = c.simple_reply();
+        assert_eq!(err, 0);
+        assert!((1000..1064).contains(&cookie), "cookie {cookie}");
+        assert!(seen.insert(cookie), "duplicate reply for {cookie}");
+    }
+    writer.join().unwrap();
+    // Pipelined reads; replies matched by cookie.
+    for i in 0..64u64 {
+        c.request(0, CMD_READ, 5000 + i, i * 65536, 4096, &[]);
+    }
+    for _ in 0..64 {
+        let (err, cookie) = c.simple_reply();
+        assert_eq!(err, 0);
+        let i = cookie - 5000;
+        assert!(i < 64);
+        let data = c.read_exact(4096);
+        assert!(data.iter().all(|&b| b == (i + 1) as u8), "read {i}");
+    }
+    c.disconnect();
+}
+
+#[test]
+fn block_size_info_is_valid_if_sent() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    let mut d = Vec::new();
+    d.extend_from_slice(&0u32.to_be_bytes());
+    d.extend_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&3u16.to_be_bytes()); // NBD_INFO_BLOCK_SIZE
+    c.send_opt(OPT_GO, &d);
+    let mut saw_export = false;
+    loop {
+        let (o, t, data) = c.opt_reply();
+        assert_eq!(o, OPT_GO);
+        if t == REP_ACK {
+            break;
+        }
+        assert_eq!(t, REP_INFO, "unexpected reply {t:#x}");
+        match u16::from_be_bytes([data[0], data[1]]) {
+            0 => saw_export = true,
+            3 => {
+                assert_eq!(data.len(), 14);
+                let min = u32::from_be_bytes(data[2..6].try_into().unwrap());
+                let pref = u32::from_be_bytes(data[6..10].try_into().unwrap());
+                let max = u32::from_be_bytes(data[10..14].try_into().unwrap());
+                assert!(min.is_power_of_two() && min <= 65536, "min {min}");
+                assert!(
+                    pref.is_power_of_two() && pref >= min.max(512),
+                    "pref {pref}"
+                );
+                assert!(max >= pref, "max {max}");
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_export);
+    assert_eq!(c.read(1, 0, 1, 0).unwrap(), vec![0]);
+    c.disconnect();
+}

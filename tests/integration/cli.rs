@@ -292,3 +292,90 @@ fn last_size_wins() {
     );
     assert_eq!(out.trim(), "2097152");
 }
+
+#[test]
+fn verbose_debug_messages() {
+    let o = run_cmd(
+        nbdkit().args(["-v", "-U", "-", "null", "--run", "true"]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit -v");
+    let err = stderr_str(&o);
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("nbdkit: debug: nbdkit 1."),
+        "first -v line:\n{err}"
+    );
+}
+
+#[test]
+fn quiet_without_verbose() {
+    let o = run_cmd(nbdkit().args(["-U", "-", "null", "--run", "true"]), TIMEOUT);
+    assert_success(&o, "nbdkit");
+    assert_eq!(stderr_str(&o), "", "unexpected stderr without -v");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn pidfile_holds_server_pid() {
+    let mut s = Server::start(&["null"]);
+    let pid = std::fs::read_to_string(s.dir().join("pid")).unwrap();
+    assert_eq!(pid, format!("{}\n", s.pid()));
+    s.stop_ok();
+}
+
+#[test]
+fn clean_exit_on_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        let mut s = Server::start(&["memory", "1M"]);
+        assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
+        kill_group(s.pid(), sig);
+        let st = s.stop();
+        assert!(st.success(), "signal {sig}: exit {st:?}\n{}", s.stderr());
+    }
+}
+
+#[test]
+fn ipv4_only_listener() {
+    let port = free_port().to_string();
+    let out = captive(
+        &["-4", "-p", &port, "null", "1M"],
+        &format!("nbdinfo --size nbd://127.0.0.1:{port}"),
+    );
+    assert_eq!(out.trim(), "1048576");
+}
+
+#[test]
+fn ipv6_only_listener() {
+    let port = free_port().to_string();
+    let out = captive(
+        &["-6", "-p", &port, "null", "1M"],
+        &format!("nbdinfo --size 'nbd://[::1]:{port}'"),
+    );
+    assert_eq!(out.trim(), "1048576");
+}
+
+#[test]
+fn threads_one_serial() {
+    let s = Server::start(&["-t", "1", "memory", "1M"]);
+    let script = "for i in range(50):\n    h.aio_pwrite(bytes([i]) * 4096, i * 4096)\n\
+                  while h.aio_in_flight() > 0:\n    h.poll(-1)\n\
+                  assert all(h.pread(4096, i * 4096) == bytes([i]) * 4096 for i in range(50))\n\
+                  print('ok')\n";
+    assert_eq!(python(&s.uri(), script, &[]).trim(), "ok");
+}
+
+/// `--no-mc` (≥ 1.38): no meta contexts, so no block status.
+#[test]
+fn no_meta_contexts() {
+    let s = Server::start(&["--no-mc", "memory", "1M"]);
+    let script = r#"
+h2 = nbd.NBD()
+h2.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h2.connect_uri(sys.argv[1])
+print(h2.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), h2.get_structured_replies_negotiated())
+"#;
+    assert_eq!(python(&s.uri(), script, &[]).trim(), "False True");
+}

@@ -1,0 +1,504 @@
+//! The chain of layers the server drives: filters (outermost first) over
+//! one plugin.
+//!
+//! - [`Chain`] holds the layers while they are configured (`key=value`
+//!   parameters go to the outermost layer that claims them).
+//! - [`Stack`] is the configured, shared chain; its [`Backend`] is what the
+//!   server calls to list exports and open connections.
+//! - [`Context`] is one layer's per-connection object (nbdkit's "next_ops"):
+//!   the server calls the outermost one; a filter's context calls the next.
+//!
+//! The plugin adapter ([`PluginContext`]) is where nbdkit's emulations live:
+//! FUA by flush, write-zeroes by writing zeroes, cache by reading, block status
+//! as all-data when the plugin has no extents.  Range and flag checks are the
+//! server's (see `server::export`), done once at the top of the chain.
+
+use crate::error::{Error, Result};
+use crate::extents::Extents;
+use crate::filter::{Filter, FilterContext};
+use crate::plugin::{
+    BlockSize, CacheMode, ExportInfo, FuaMode, Handle, Plugin, ThreadModel, ZeroFlags, ZeroMode,
+};
+use nix::errno::Errno;
+use std::sync::{Arc, OnceLock};
+
+/// Flags passed down the chain with data calls (nbdkit's `NBDKIT_FLAG_*`).
+pub mod flags {
+    /// Force unit access: the data must be durable before the call returns.
+    pub const FUA: u32 = 1;
+    /// Zeroing may punch holes.
+    pub const MAY_TRIM: u32 = 2;
+    /// Fail zeroing at once with ENOTSUP unless it is fast.
+    pub const FAST_ZERO: u32 = 4;
+    /// Only the first extent is wanted.
+    pub const REQ_ONE: u32 = 8;
+}
+
+/// Largest buffer the server hands to one read (also the cache-emulation
+/// chunk): 64 MiB, as nbdkit.
+pub const MAX_REQUEST_SIZE: u64 = 64 * 1024 * 1024;
+
+/// A layer's per-connection object.  All methods may be called from several
+/// worker threads at once when the thread model is parallel.
+pub trait Context: Send + Sync {
+    /// Called after open, inner layers first.
+    fn prepare(&self, readonly: bool) -> Result<()>;
+    /// Called before close, outer layers first.
+    fn finalize(&self) -> Result<()>;
+    fn get_size(&self) -> Result<u64>;
+    fn export_description(&self) -> Result<Option<String>>;
+    fn block_size(&self) -> Result<Option<BlockSize>>;
+    fn can_write(&self) -> Result<bool>;
+    fn can_flush(&self) -> Result<bool>;
+    fn is_rotational(&self) -> Result<bool>;
+    fn can_trim(&self) -> Result<bool>;
+    fn can_zero(&self) -> Result<ZeroMode>;
+    fn can_fast_zero(&self) -> Result<bool>;
+    fn can_extents(&self) -> Result<bool>;
+    fn can_fua(&self) -> Result<FuaMode>;
+    fn can_multi_conn(&self) -> Result<bool>;
+    fn can_cache(&self) -> Result<CacheMode>;
+    fn pread(&self, buf: &mut [u8], offset: u64, flags: u32) -> Result<()>;
+    fn pwrite(&self, buf: &[u8], offset: u64, flags: u32) -> Result<()>;
+    fn flush(&self, flags: u32) -> Result<()>;
+    fn trim(&self, count: u64, offset: u64, flags: u32) -> Result<()>;
+    fn zero(&self, count: u64, offset: u64, flags: u32) -> Result<()>;
+    fn extents(&self, extents: &mut Extents, flags: u32) -> Result<()>;
+    fn cache(&self, count: u64, offset: u64, flags: u32) -> Result<()>;
+}
+
+/// A configured layer, as seen from the layer above it (or the server).
+pub trait Backend: Send + Sync {
+    /// The layer's name (for debug messages).
+    fn name(&self) -> &str;
+    fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>>;
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<String>;
+    fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>>;
+}
+
+/// Is `key` a valid parameter key (starts with an ASCII letter; letters,
+/// digits, `.`, `_`, `-` only)?
+pub fn is_config_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The layers while they are being configured.
+pub struct Chain {
+    /// Outermost first.
+    pub filters: Vec<Box<dyn Filter>>,
+    pub plugin: Box<dyn Plugin>,
+}
+
+impl Chain {
+    /// Hand one command-line parameter to the layers: `key=value` goes to
+    /// the outermost layer that claims the key; a bare value is the plugin's
+    /// magic parameter.
+    pub fn config_param(&mut self, param: &str) -> Result<()> {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) if is_config_key(k) => (k.to_string(), v),
+            _ => match self.plugin.magic_config_key() {
+                Some(magic) => (magic.to_string(), param),
+                None => {
+                    return Err(Error::config(format!(
+                        "expecting key=value on the command line but got: {param}"
+                    )))
+                }
+            },
+        };
+        for f in &mut self.filters {
+            if f.config(&key, value)? {
+                return Ok(());
+            }
+        }
+        self.plugin.config(&key, value).map_err(|e| {
+            if e.message().starts_with("unknown parameter") {
+                let mut layers: Vec<&str> = self.filters.iter().map(|f| f.name()).collect();
+                layers.push(self.plugin.name());
+                Error::config(format!(
+                    "{}: {} (try 'nbdkit {} --help')",
+                    layers.join(", "),
+                    e.message(),
+                    self.plugin.name()
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// `config_complete` on every layer, outermost first.
+    pub fn config_complete(&mut self) -> Result<()> {
+        for f in &mut self.filters {
+            f.config_complete()?;
+        }
+        self.plugin.config_complete()
+    }
+
+    /// The most restrictive thread model of all layers.
+    pub fn thread_model(&self) -> ThreadModel {
+        self.filters
+            .iter()
+            .map(|f| f.thread_model())
+            .fold(self.plugin.thread_model(), ThreadModel::min)
+    }
+
+    /// Freeze the configured chain for serving.
+    pub fn into_stack(self) -> Stack {
+        let plugin: Arc<dyn Plugin> = Arc::from(self.plugin);
+        let filters: Vec<Arc<dyn Filter>> = self.filters.into_iter().map(Arc::from).collect();
+        let mut backend: Arc<dyn Backend> = Arc::new(PluginBackend {
+            plugin: plugin.clone(),
+        });
+        for f in filters.iter().rev() {
+            backend = Arc::new(FilterBackend {
+                filter: f.clone(),
+                next: backend,
+            });
+        }
+        Stack {
+            filters,
+            plugin,
+            backend,
+        }
+    }
+}
+
+/// The configured chain, shared by all connections.
+pub struct Stack {
+    /// Outermost first.
+    pub filters: Vec<Arc<dyn Filter>>,
+    pub plugin: Arc<dyn Plugin>,
+    /// The outermost layer.
+    pub backend: Arc<dyn Backend>,
+}
+
+impl Stack {
+    /// `get_ready` on every layer, innermost first.
+    pub fn get_ready(&self) -> Result<()> {
+        self.plugin.get_ready()?;
+        for f in self.filters.iter().rev() {
+            f.get_ready()?;
+        }
+        Ok(())
+    }
+
+    /// `after_fork` on every layer, innermost first.
+    pub fn after_fork(&self) -> Result<()> {
+        self.plugin.after_fork()?;
+        for f in self.filters.iter().rev() {
+            f.after_fork()?;
+        }
+        Ok(())
+    }
+
+    /// `cleanup` on every layer, outermost first.
+    pub fn cleanup(&self) {
+        for f in &self.filters {
+            f.cleanup();
+        }
+        self.plugin.cleanup();
+    }
+}
+
+struct PluginBackend {
+    plugin: Arc<dyn Plugin>,
+}
+
+impl Backend for PluginBackend {
+    fn name(&self) -> &str {
+        self.plugin.name()
+    }
+    fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
+        self.plugin.list_exports(readonly, is_tls)
+    }
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<String> {
+        self.plugin.default_export(readonly, is_tls)
+    }
+    fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
+        let handle = self.plugin.open(readonly, export, is_tls)?;
+        Ok(Box::new(PluginContext {
+            handle,
+            fua: OnceLock::new(),
+            zero: OnceLock::new(),
+            extents: OnceLock::new(),
+            cache: OnceLock::new(),
+        }))
+    }
+}
+
+/// A plugin handle seen as a [`Context`], with nbdkit's emulations.
+pub struct PluginContext {
+    handle: Box<dyn Handle>,
+    fua: OnceLock<FuaMode>,
+    zero: OnceLock<ZeroMode>,
+    extents: OnceLock<bool>,
+    cache: OnceLock<CacheMode>,
+}
+
+/// Ask once, remember the answer (errors are not remembered).
+fn cached<T: Copy>(cell: &OnceLock<T>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(v) = cell.get() {
+        return Ok(*v);
+    }
+    let v = f()?;
+    Ok(*cell.get_or_init(|| v))
+}
+
+/// A buffer of zeroes for write-zeroes emulation (in .bss: costs nothing
+/// until touched, and is only ever read).
+static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+
+impl PluginContext {
+    fn fua_mode(&self) -> Result<FuaMode> {
+        cached(&self.fua, || self.handle.can_fua())
+    }
+
+    /// After a write-like call: emulate FUA with a flush when needed.
+    fn finish_fua(&self, flags: u32) -> Result<()> {
+        if flags & flags::FUA != 0 && self.fua_mode()? == FuaMode::Emulate {
+            self.handle.flush()?;
+        }
+        Ok(())
+    }
+
+    fn native_fua(&self, flags: u32) -> Result<bool> {
+        Ok(flags & flags::FUA != 0 && self.fua_mode()? == FuaMode::Native)
+    }
+
+    fn write_zeroes(&self, mut count: u64, mut offset: u64) -> Result<()> {
+        while count > 0 {
+            let n = count.min(ZEROES.len() as u64) as usize;
+            self.handle.pwrite(&ZEROES[..n], offset, false)?;
+            count -= n as u64;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Context for PluginContext {
+    fn prepare(&self, _readonly: bool) -> Result<()> {
+        Ok(())
+    }
+    fn finalize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn get_size(&self) -> Result<u64> {
+        self.handle.get_size()
+    }
+    fn export_description(&self) -> Result<Option<String>> {
+        self.handle.export_description()
+    }
+    fn block_size(&self) -> Result<Option<BlockSize>> {
+        self.handle.block_size()
+    }
+    fn can_write(&self) -> Result<bool> {
+        self.handle.can_write()
+    }
+    fn can_flush(&self) -> Result<bool> {
+        self.handle.can_flush()
+    }
+    fn is_rotational(&self) -> Result<bool> {
+        self.handle.is_rotational()
+    }
+    fn can_trim(&self) -> Result<bool> {
+        self.handle.can_trim()
+    }
+    fn can_zero(&self) -> Result<ZeroMode> {
+        cached(&self.zero, || self.handle.can_zero())
+    }
+    fn can_fast_zero(&self) -> Result<bool> {
+        self.handle.can_fast_zero()
+    }
+    fn can_extents(&self) -> Result<bool> {
+        cached(&self.extents, || self.handle.can_extents())
+    }
+    fn can_fua(&self) -> Result<FuaMode> {
+        self.fua_mode()
+    }
+    fn can_multi_conn(&self) -> Result<bool> {
+        self.handle.can_multi_conn()
+    }
+    fn can_cache(&self) -> Result<CacheMode> {
+        cached(&self.cache, || self.handle.can_cache())
+    }
+
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: u32) -> Result<()> {
+        self.handle.pread(buf, offset)
+    }
+
+    fn pwrite(&self, buf: &[u8], offset: u64, flags: u32) -> Result<()> {
+        self.handle.pwrite(buf, offset, self.native_fua(flags)?)?;
+        self.finish_fua(flags)
+    }
+
+    fn flush(&self, _flags: u32) -> Result<()> {
+        self.handle.flush()
+    }
+
+    fn trim(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
+        self.handle.trim(count, offset, self.native_fua(flags)?)?;
+        self.finish_fua(flags)
+    }
+
+    fn zero(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
+        let fast = flags & flags::FAST_ZERO != 0;
+        if self.can_zero()? == ZeroMode::Native {
+            let zf = ZeroFlags {
+                may_trim: flags & flags::MAY_TRIM != 0,
+                fua: self.native_fua(flags)?,
+                fast,
+            };
+            match self.handle.zero(count, offset, zf) {
+                Ok(()) => return self.finish_fua(flags),
+                Err(e) if matches!(e.errno(), Errno::ENOTSUP | Errno::EOPNOTSUPP) => {
+                    if fast {
+                        return Err(Error::new(Errno::ENOTSUP, e.message()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        } else if fast {
+            return Err(Error::new(
+                Errno::ENOTSUP,
+                "fast zero requested but zeroing is emulated",
+            ));
+        }
+        self.write_zeroes(count, offset)?;
+        if flags & flags::FUA != 0 && self.fua_mode()? != FuaMode::None {
+            self.handle.flush()?;
+        }
+        Ok(())
+    }
+
+    fn extents(&self, extents: &mut Extents, flags: u32) -> Result<()> {
+        if !self.can_extents()? {
+            let (start, end) = (extents.start(), extents.end());
+            return extents.add(start, end - start, 0);
+        }
+        self.handle.extents(extents, flags & flags::REQ_ONE != 0)?;
+        match extents.next_offset() {
+            Some(next) if next > extents.start() => Ok(()),
+            _ => Err(Error::new(
+                Errno::EINVAL,
+                "extents: plugin must return at least one extent covering the start",
+            )),
+        }
+    }
+
+    fn cache(&self, count: u64, offset: u64, _flags: u32) -> Result<()> {
+        match self.can_cache()? {
+            CacheMode::Native => self.handle.cache(count, offset),
+            CacheMode::Emulate => {
+                let chunk = count.min(MAX_REQUEST_SIZE) as usize;
+                let mut buf = vec![0u8; chunk];
+                let (mut count, mut offset) = (count, offset);
+                while count > 0 {
+                    let n = count.min(chunk as u64) as usize;
+                    self.handle.pread(&mut buf[..n], offset)?;
+                    count -= n as u64;
+                    offset += n as u64;
+                }
+                Ok(())
+            }
+            CacheMode::None => Err(Error::new(Errno::EINVAL, "cache is not supported")),
+        }
+    }
+}
+
+struct FilterBackend {
+    filter: Arc<dyn Filter>,
+    next: Arc<dyn Backend>,
+}
+
+impl Backend for FilterBackend {
+    fn name(&self) -> &str {
+        self.filter.name()
+    }
+    fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
+        self.filter.list_exports(&*self.next, readonly, is_tls)
+    }
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<String> {
+        self.filter.default_export(&*self.next, readonly, is_tls)
+    }
+    fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
+        let ctx = self.filter.open(&*self.next, readonly, export, is_tls)?;
+        Ok(Box::new(Filtered(ctx)))
+    }
+}
+
+/// A filter's per-connection object seen as a [`Context`].
+struct Filtered(Box<dyn FilterContext>);
+
+impl Context for Filtered {
+    fn prepare(&self, readonly: bool) -> Result<()> {
+        self.0.next().prepare(readonly)?;
+        self.0.prepare(readonly)
+    }
+    fn finalize(&self) -> Result<()> {
+        self.0.finalize()?;
+        self.0.next().finalize()
+    }
+    fn get_size(&self) -> Result<u64> {
+        self.0.get_size()
+    }
+    fn export_description(&self) -> Result<Option<String>> {
+        self.0.export_description()
+    }
+    fn block_size(&self) -> Result<Option<BlockSize>> {
+        self.0.block_size()
+    }
+    fn can_write(&self) -> Result<bool> {
+        self.0.can_write()
+    }
+    fn can_flush(&self) -> Result<bool> {
+        self.0.can_flush()
+    }
+    fn is_rotational(&self) -> Result<bool> {
+        self.0.is_rotational()
+    }
+    fn can_trim(&self) -> Result<bool> {
+        self.0.can_trim()
+    }
+    fn can_zero(&self) -> Result<ZeroMode> {
+        self.0.can_zero()
+    }
+    fn can_fast_zero(&self) -> Result<bool> {
+        self.0.can_fast_zero()
+    }
+    fn can_extents(&self) -> Result<bool> {
+        self.0.can_extents()
+    }
+    fn can_fua(&self) -> Result<FuaMode> {
+        self.0.can_fua()
+    }
+    fn can_multi_conn(&self) -> Result<bool> {
+        self.0.can_multi_conn()
+    }
+    fn can_cache(&self) -> Result<CacheMode> {
+        self.0.can_cache()
+    }
+    fn pread(&self, buf: &mut [u8], offset: u64, flags: u32) -> Result<()> {
+        self.0.pread(buf, offset, flags)
+    }
+    fn pwrite(&self, buf: &[u8], offset: u64, flags: u32) -> Result<()> {
+        self.0.pwrite(buf, offset, flags)
+    }
+    fn flush(&self, flags: u32) -> Result<()> {
+        self.0.flush(flags)
+    }
+    fn trim(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
+        self.0.trim(count, offset, flags)
+    }
+    fn zero(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
+        self.0.zero(count, offset, flags)
+    }
+    fn extents(&self, extents: &mut Extents, flags: u32) -> Result<()> {
+        self.0.extents(extents, flags)
+    }
+    fn cache(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
+        self.0.cache(count, offset, flags)
+    }
+}

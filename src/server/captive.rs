@@ -1,0 +1,97 @@
+//! Captive mode (`--run 'COMMAND'`): the supervisor side.
+//!
+//! The listening sockets are bound first; then the process forks (before any
+//! thread exists).  The child is the server.  The parent — the process the
+//! user started — runs COMMAND under `/bin/sh -c` with the shell variables
+//! `uri`, `nbd`, `exportname`, `port` and `unixsocket` set (not exported),
+//! waits for it, stops the server and exits with COMMAND's status (or
+//! 128+N when a signal killed COMMAND or the server).
+
+use crate::server::uri::shell_quote;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+/// The values `--run` exposes to COMMAND.
+#[derive(Debug, Clone, Default)]
+pub struct RunVars {
+    pub uri: String,
+    pub exportname: String,
+    pub port: String,
+    pub unixsocket: String,
+}
+
+/// The script handed to `/bin/sh -c`: variable assignments, then COMMAND.
+pub fn script(vars: &RunVars, command: &str) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("uri={}\n", shell_quote(&vars.uri)));
+    s.push_str("nbd=\"$uri\"\n");
+    s.push_str(&format!("exportname={}\n", shell_quote(&vars.exportname)));
+    s.push_str(&format!("port={}\n", shell_quote(&vars.port)));
+    s.push_str(&format!("unixsocket={}\n", shell_quote(&vars.unixsocket)));
+    s.push_str(command);
+    s.push('\n');
+    s
+}
+
+/// Run COMMAND while the forked server (`server`) serves; return the exit
+/// status nbdkit should exit with.
+pub fn supervise(server: Pid, vars: &RunVars, command: &str) -> i32 {
+    let mut rc = match Command::new("/bin/sh").arg("-c").arg(script(vars, command)).status() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => {
+                eprintln!("nbdkit: external command was killed by signal {sig}");
+                128 + sig
+            }
+            _ => 1,
+        },
+        Err(e) => {
+            crate::log::error(format!("failure to execute external command: {e}"));
+            1
+        }
+    };
+    match waitpid(server, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => {
+            let _ = kill(server, Signal::SIGTERM);
+            let _ = waitpid(server, None);
+        }
+        Ok(WaitStatus::Exited(_, code)) => {
+            if rc == 0 {
+                rc = code;
+            }
+        }
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            eprintln!("nbdkit: nbdkit command was killed by signal {}", sig as i32);
+            rc = 128 + sig as i32;
+        }
+        _ => {}
+    }
+    rc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_sets_variables_without_exporting_them() {
+        let vars = RunVars {
+            uri: "nbd+unix://?socket=/tmp/x y/socket".into(),
+            exportname: "it's".into(),
+            port: String::new(),
+            unixsocket: "/tmp/x y/socket".into(),
+        };
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script(&vars, "printf '%s|%s|%s|%s|%s|' \"$uri\" \"$nbd\" \"$exportname\" \"$port\" \"$unixsocket\"; env | grep -c '^uri=' || true"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "nbd+unix://?socket=/tmp/x y/socket|nbd+unix://?socket=/tmp/x y/socket|it's||/tmp/x y/socket|0\n"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! One client connection: thread-model locking, handshake, transmission,
+//! and closing the export.
+
+use crate::plugin::ThreadModel;
+use crate::server::listen::Stream;
+use crate::server::negotiate::{negotiate, Negotiated};
+use crate::server::transmission::{self, Reader, Session, Writer, READ_BUFFER};
+use crate::server::Server;
+use std::io::{self, BufReader, Read, Write};
+use std::sync::Mutex;
+
+/// Held for a whole connection under `serialize_connections`.
+static CONNECTION_LOCK: Mutex<()> = Mutex::new(());
+/// Held around every plugin call under `serialize_all_requests`.
+static REQUEST_LOCK: Mutex<()> = Mutex::new(());
+
+/// Split a stream into the read and write halves the protocol code uses.
+pub fn split(stream: Stream) -> io::Result<(Reader, Writer)> {
+    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match stream {
+        Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s)),
+        Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s)),
+    };
+    Ok((BufReader::with_capacity(READ_BUFFER, r), w))
+}
+
+/// Serve one connection to the end.
+pub fn handle(server: &Server, reader: Reader, writer: Writer) {
+    let model = server.thread_model;
+    let _conn_guard = (model == ThreadModel::SerializeConnections)
+        .then(|| CONNECTION_LOCK.lock().unwrap_or_else(|p| p.into_inner()));
+    let request_lock = (model <= ThreadModel::SerializeAllRequests).then_some(&REQUEST_LOCK);
+    let (mut reader, mut writer) = (reader, writer);
+    let negotiated = negotiate(
+        &server.handshake,
+        &*server.stack.backend,
+        request_lock,
+        &mut reader,
+        &mut writer,
+    );
+    match negotiated {
+        Ok(Some(Negotiated {
+            export,
+            style,
+            base_allocation,
+        })) => {
+            crate::log::debug(format!(
+                "handshake complete: export '{}' size {} style {style:?}",
+                export.name, export.size
+            ));
+            let session = Session {
+                export: &export,
+                style,
+                base_allocation,
+                workers: if model == ThreadModel::Parallel {
+                    server.threads
+                } else {
+                    1
+                },
+                request_lock,
+            };
+            transmission::serve(&session, reader, writer);
+            let _g = request_lock.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+            drop(export);
+        }
+        Ok(None) => crate::log::debug("client closed the connection during the handshake"),
+        Err(e) => crate::log::debug(format!("handshake failed: {e}")),
+    }
+}

@@ -1,0 +1,190 @@
+//! Listening sockets: TCP (every address, or `-i`), Unix (`-U PATH`, `-U -`).
+//!
+//! Binding happens before the server forks or starts any thread, so that a
+//! `--run` command, a pidfile reader or a client never sees a server that is
+//! not yet listening.
+
+use crate::cli::Family;
+use crate::error::{Error, Result};
+use nix::errno::Errno;
+use socket2::{Domain, Socket, Type};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The default NBD port.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// One listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// One accepted connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+
+    /// Accept one connection (blocking unless the socket is nonblocking).
+    pub fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
+        }
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(on),
+            Listener::Unix(l) => l.set_nonblocking(on),
+        }
+    }
+
+    /// A description for debug messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("tcp {a}"),
+                Err(_) => "tcp ?".into(),
+            },
+            Listener::Unix(l) => match l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+                Some(p) => format!("unix {}", p.display()),
+                None => "unix ?".into(),
+            },
+        }
+    }
+}
+
+/// Parse a `-p` value: a decimal TCP port (0 picks a free one).
+pub fn parse_port(s: &str) -> Result<u16> {
+    s.parse::<u16>()
+        .map_err(|_| Error::config(format!("-p: invalid port number '{s}' (expecting 0-65535)")))
+}
+
+/// Bind TCP listeners on `ipaddr` (or every address) at `port`.  With port 0
+/// the first socket picks a free port and the others use the same one.
+pub fn bind_tcp(ipaddr: Option<&str>, port: u16, family: Family) -> Result<Vec<Listener>> {
+    let mut addrs: Vec<SocketAddr> = match ipaddr {
+        None => vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        ],
+        Some(host) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            (host, port)
+                .to_socket_addrs()
+                .map_err(|e| Error::config(format!("getaddrinfo: {host}: {port}: {e}")))?
+                .collect()
+        }
+    };
+    addrs.retain(|a| match family {
+        Family::Any => true,
+        Family::V4 => a.is_ipv4(),
+        Family::V6 => a.is_ipv6(),
+    });
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(Error::config(format!(
+            "{}: no address of the requested family",
+            ipaddr.unwrap_or("<any>")
+        )));
+    }
+    let mut listeners = Vec::new();
+    let mut chosen_port = port;
+    let mut last_err = None;
+    for mut addr in addrs {
+        addr.set_port(chosen_port);
+        match bind_one_tcp(addr) {
+            Ok(l) => {
+                if chosen_port == 0 {
+                    chosen_port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                }
+                crate::log::debug(format!("bound to {addr}"));
+                listeners.push(Listener::Tcp(l));
+            }
+            Err(e) if matches!(e.errno(), Errno::EADDRINUSE | Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
+                crate::log::debug(format!("bind {addr}: {} (ignored)", e.message()));
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if listeners.is_empty() {
+        let e = last_err.expect("at least one address was tried");
+        return Err(Error::new(
+            e.errno(),
+            format!("unable to bind to any TCP/IP sockets: {}", e.message()),
+        ));
+    }
+    Ok(listeners)
+}
+
+fn bind_one_tcp(addr: SocketAddr) -> Result<TcpListener> {
+    let ctx = |e: std::io::Error| Error::io(e, format!("bind {addr}"));
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(ctx)?;
+    sock.set_reuse_address(true).map_err(ctx)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(ctx)?;
+    }
+    sock.bind(&addr.into()).map_err(ctx)?;
+    sock.listen(libc::SOMAXCONN).map_err(ctx)?;
+    Ok(sock.into())
+}
+
+/// Bind a Unix-domain listener at `path`.
+pub fn bind_unix(path: &Path) -> Result<Listener> {
+    // sun_path holds 108 bytes including the terminating NUL.
+    if path.as_os_str().len() >= 108 {
+        return Err(Error::config(format!(
+            "{}: Unix domain socket path too long",
+            path.display()
+        )));
+    }
+    let l = UnixListener::bind(path).map_err(|e| Error::io(e, path.display()))?;
+    crate::log::debug(format!("bound to unix socket {}", path.display()));
+    Ok(Listener::Unix(l))
+}
+
+/// A private directory `/tmp/nbdkitXXXXXX` for `-U -`, removed on drop.
+pub struct PrivateDir {
+    dir: PathBuf,
+}
+
+impl PrivateDir {
+    pub fn create() -> Result<Self> {
+        let dir = nix::unistd::mkdtemp("/tmp/nbdkitXXXXXX")
+            .map_err(|e| Error::os(e, "mkdtemp: /tmp/nbdkitXXXXXX"))?;
+        Ok(PrivateDir { dir })
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+
+    /// Remove the directory and its socket now (also done on drop).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(self.socket_path());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}

@@ -1,0 +1,87 @@
+//! The one shutdown mechanism: a flag plus a self-pipe.
+//!
+//! Signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT), the end of a `--run` command,
+//! parent death and filters that ask to stop all end up here.  Setting the
+//! flag writes a byte to a pipe whose read end every blocking wait in the
+//! accept loop polls, so the server wakes at once.  Signal handlers are
+//! installed through `signal-hook`, which only does async-signal-safe work
+//! (store to an atomic, write to the pipe) and starts no threads, so this
+//! can be set up before forking.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The signals that ask nbdkit to stop cleanly.
+pub const QUIT_SIGNALS: [i32; 4] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGQUIT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
+struct Quit {
+    flag: Arc<AtomicBool>,
+    read: UnixStream,
+    write: UnixStream,
+}
+
+static QUIT: OnceLock<Quit> = OnceLock::new();
+
+fn get() -> &'static Quit {
+    QUIT.get_or_init(|| {
+        let (read, write) = UnixStream::pair().expect("socketpair for the quit pipe");
+        read.set_nonblocking(true).expect("nonblocking quit pipe");
+        write.set_nonblocking(true).expect("nonblocking quit pipe");
+        Quit {
+            flag: Arc::new(AtomicBool::new(false)),
+            read,
+            write,
+        }
+    })
+}
+
+/// Create the pipe and route the quit signals to it; ignore SIGPIPE.
+pub fn install_signal_handlers() -> Result<()> {
+    let q = get();
+    for sig in QUIT_SIGNALS {
+        signal_hook::flag::register(sig, q.flag.clone())
+            .map_err(|e| Error::io(e, "sigaction"))?;
+        let w = q.write.try_clone().map_err(|e| Error::io(e, "dup"))?;
+        signal_hook::low_level::pipe::register(sig, w).map_err(|e| Error::io(e, "sigaction"))?;
+    }
+    // SAFETY: setting SIGPIPE to SIG_IGN has no preconditions; broken
+    // connections then show up as EPIPE errors from write.
+    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }
+        .map_err(|e| Error::os(e, "signal"))?;
+    Ok(())
+}
+
+/// Ask the server to stop (safe from any thread).
+pub fn request() {
+    let q = get();
+    q.flag.store(true, Ordering::SeqCst);
+    let _ = (&q.write).write(&[1]);
+}
+
+/// Has a stop been requested?
+pub fn requested() -> bool {
+    get().flag.load(Ordering::SeqCst)
+}
+
+/// The read end of the pipe: readable once a stop has been requested.
+pub fn fd() -> BorrowedFd<'static> {
+    get().read.as_fd()
+}
+
+/// A duplicate of the pipe's read end, for a thread that polls it.
+pub fn dup_fd() -> Result<OwnedFd> {
+    get()
+        .read
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io(e, "dup"))
+}

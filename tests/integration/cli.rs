@@ -150,6 +150,10 @@ fn expect_error(args: &[&str], error_prefix: bool) -> String {
         !pid.exists(),
         "nbdkit {args:?} wrote a pidfile although it failed"
     );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_err(),
+        "nbdkit {args:?} failed but something still serves its socket"
+    );
     let want = if error_prefix {
         "nbdkit: error: "
     } else {

@@ -713,3 +713,29 @@ fn block_size_info_is_valid_if_sent() {
     assert_eq!(c.read(1, 0, 1, 0).unwrap(), vec![0]);
     c.disconnect();
 }
+
+#[test]
+fn many_simultaneous_connections() {
+    let mut s = Server::start(&["memory", "1M"]);
+    let mut conns: Vec<Conn> = (0..24)
+        .map(|_| {
+            let mut c = Conn::fixed(&s.sock);
+            c.go();
+            c
+        })
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let data = vec![i as u8 + 1; 1000];
+        assert_eq!(c.write(i as u64, i as u64 * 4096, &data, 0), 0);
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        // Read the block written by the "next" connection.
+        let j = (i + 1) % 24;
+        let got = c.read(100 + i as u64, j as u64 * 4096, 1000, 0).unwrap();
+        assert_eq!(got, vec![j as u8 + 1; 1000]);
+    }
+    for c in conns {
+        c.disconnect();
+    }
+    s.stop_ok();
+}

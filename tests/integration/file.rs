@@ -219,17 +219,7 @@ fn dir_lists_regular_files_only() {
 
 #[test]
 fn dir_nonexistent_fails() {
-    let o = run(&[
-        "-f",
-        "-U",
-        "-",
-        "file",
-        "dir=/nonexistent/dir",
-        "--run",
-        "true",
-    ]);
-    assert_no_panic(&o);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr_str(&o));
+    crate::cli::expect_error(&["file", "dir=/nonexistent/dir"], true);
 }
 
 #[test]

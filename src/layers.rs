@@ -353,7 +353,8 @@ impl Context for PluginContext {
             };
             match self.handle.zero(count, offset, zf) {
                 Ok(()) => return self.finish_fua(flags),
-                Err(e) if matches!(e.errno(), Errno::ENOTSUP | Errno::EOPNOTSUPP) => {
+                // ENOTSUP and EOPNOTSUPP are the same value on Linux.
+                Err(e) if e.errno() == Errno::EOPNOTSUPP => {
                     if fast {
                         return Err(Error::new(Errno::ENOTSUP, e.message()));
                     }

@@ -7,14 +7,21 @@
 //!   the chain of layers the server drives.
 //! - [`plugins`], [`filters`]: one file per plugin and per filter.
 //! - [`server`]: listeners, connections, handshake, request dispatch, shutdown.
-//! - [`cli`]: the command line, parsed as nbdkit parses it.
+//! - [`cli`], [`app`]: the command line and the startup sequence.
 
+pub mod app;
+pub mod cli;
 pub mod error;
 pub mod extents;
+pub mod filter;
+pub mod filters;
+pub mod layers;
+pub mod log;
 pub mod parse;
 pub mod plugin;
 pub mod plugins;
 pub mod protocol;
+pub mod server;
 
 /// The nbdkit version we implement (reported by `--version`, `--dump-config`).
 pub const VERSION: &str = "1.46.0";

@@ -1,0 +1,492 @@
+//! Startup, in nbdkit's order: parse the command line, answer the
+//! informational options, load and configure the layers, bind the listening
+//! sockets, fork for `--run` (before any thread exists), then serve until
+//! told to stop and clean up.
+
+use crate::cli::{self, Action, Immediate, Options, TlsMode, UnixSocket};
+use crate::error::{Error, Result};
+use crate::layers::Chain;
+use crate::protocol::consts::{NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES};
+use crate::server::captive::{self, RunVars};
+use crate::server::listen::{self, Listener, PrivateDir};
+use crate::server::negotiate::HandshakeConfig;
+use crate::server::uri::{make_uri, shell_quote, Endpoint};
+use crate::server::{quit, Server};
+use crate::{filters, log, plugins, VERSION, VERSION_EXTRA};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default worker threads per connection (`-t`).
+pub const DEFAULT_THREADS: usize = 16;
+
+/// Run nbdkit with `args` (without the program name); returns the exit
+/// status.
+pub fn main<I>(args: I) -> i32
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error(e.message());
+            1
+        }
+    }
+}
+
+fn run<I>(args: I) -> Result<i32>
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    let mut opts = cli::parse(args)?;
+    match opts.immediate {
+        Some(Immediate::DumpConfig) => return print_out(&dump_config()),
+        Some(Immediate::LongOptions) => return print_out(&cli::long_options()),
+        Some(Immediate::ShortOptions) => return print_out(&cli::short_options()),
+        None => {}
+    }
+    log::set_verbose(opts.verbose);
+    log::debug(format!("nbdkit {VERSION} ({VERSION_EXTRA})"));
+
+    let Some(plugin_name) = opts.plugin.clone() else {
+        return match opts.action {
+            Action::Help => print_out(cli::USAGE),
+            Action::Version => print_out(&format!("nbdkit {VERSION} ({VERSION_EXTRA})\n")),
+            Action::DumpPlugin => Err(Error::config(
+                "use 'nbdkit plugin --dump-plugin' or 'nbdkit /path/to/plugin.so --dump-plugin' \
+                 or if you want to find out about the server use --dump-config",
+            )),
+            Action::Serve => Err(Error::config(
+                "no plugins given on the command line. Use 'nbdkit --help' or read the nbdkit(1) \
+                 manual page for documentation.",
+            )),
+        };
+    };
+    check_unsupported(&opts)?;
+    if opts.action == Action::Serve || opts.action == Action::DumpPlugin {
+        check_conflicts(&opts)?;
+    }
+
+    let mut chain = load_chain(&opts, &plugin_name)?;
+    check_debug_flags(&opts, &chain)?;
+    match opts.action {
+        Action::Help => return print_out(&help(&chain)),
+        Action::Version => return print_out(&versions(&chain)),
+        _ => {}
+    }
+    for p in &opts.params {
+        chain.config_param(p)?;
+    }
+    if opts.action == Action::DumpPlugin {
+        return print_out(&dump_plugin(&chain));
+    }
+    chain.config_complete()?;
+    let thread_model = chain.thread_model();
+    log::debug(format!("using thread model: {}", thread_model.name()));
+    let stack = chain.into_stack();
+    stack.get_ready()?;
+
+    if opts.exit_with_parent {
+        arm_exit_with_parent()?;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+
+    // --run implies a private Unix socket unless a port was given.
+    if opts.run.is_some() && opts.unix.is_none() && opts.port.is_none() {
+        opts.unix = Some(UnixSocket::Private);
+    }
+    let private_dir = match opts.unix {
+        Some(UnixSocket::Private) => Some(PrivateDir::create()?),
+        _ => None,
+    };
+    let (listeners, endpoint) = bind(&opts, private_dir.as_ref())?;
+    let uri = make_uri(&endpoint, &opts.exportname);
+    log::debug(format!("NBD URI: {uri}"));
+
+    if let Some(command) = &opts.run {
+        let vars = RunVars {
+            uri: uri.clone(),
+            exportname: opts.exportname.clone(),
+            port: match endpoint {
+                Endpoint::Tcp(Some(p)) => p.to_string(),
+                _ => String::new(),
+            },
+            unixsocket: match &endpoint {
+                Endpoint::Unix(p) => p.clone(),
+                _ => String::new(),
+            },
+        };
+        // SAFETY: no thread has been started yet (plugins start theirs in
+        // after_fork), so the child may continue running Rust code.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::os(e, "fork"))? {
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(listeners);
+                ignore_interactive_signals();
+                let rc = captive::supervise(child, &vars, command);
+                drop(private_dir);
+                return Ok(rc);
+            }
+            nix::unistd::ForkResult::Child => {}
+        }
+    }
+
+    if opts.print_uri {
+        print_uri(&uri)?;
+    }
+    quit::install_signal_handlers()?;
+    redirect_stdio_to_null()?;
+    stack.after_fork()?;
+    if let Some(pidfile) = &opts.pidfile {
+        write_pidfile(pidfile)?;
+    }
+
+    let handshake_flags = (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
+        & opts.mask_handshake.unwrap_or(u32::MAX) as u16;
+    let server = Arc::new(Server {
+        handshake: HandshakeConfig {
+            oldstyle: opts.oldstyle,
+            readonly: opts.readonly,
+            no_sr: opts.no_sr,
+            no_mc: opts.no_mc,
+            handshake_flags,
+            thread_model,
+        },
+        thread_model,
+        threads: if opts.threads == 0 {
+            DEFAULT_THREADS
+        } else {
+            opts.threads
+        },
+        stack,
+    });
+    let result = crate::server::serve(server.clone(), listeners);
+    server.stack.cleanup();
+    drop(private_dir);
+    result.map(|()| 0)
+}
+
+fn print_out(s: &str) -> Result<i32> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io(e, "stdout"))?;
+    Ok(0)
+}
+
+/// Options parsed for compatibility whose behaviour is not built yet: refuse
+/// them clearly rather than pretend.
+fn check_unsupported(o: &Options) -> Result<()> {
+    let not_yet = |what: &str| Err(Error::config(format!("{what} is not supported by this nbdkit yet")));
+    if o.single {
+        return not_yet("-s (--single)");
+    }
+    if o.vsock {
+        return not_yet("--vsock");
+    }
+    if o.user.is_some() || o.group.is_some() {
+        return not_yet("-u/-g (changing user or group)");
+    }
+    if matches!(o.tls, Some(TlsMode::On | TlsMode::Require)) || o.tls_certificates.is_some() || o.tls_psk.is_some() || o.tls_verify_peer {
+        return not_yet("TLS");
+    }
+    if o.timeout.is_some() {
+        return not_yet("--timeout");
+    }
+    if o.selinux_label.is_some() {
+        return not_yet("--selinux-label");
+    }
+    if o.swap {
+        return not_yet("--swap");
+    }
+    match o.log.as_deref() {
+        None | Some("default") | Some("stderr") => {}
+        Some("syslog") | Some("null") => return not_yet("--log=syslog/null"),
+        Some(p) if p.starts_with('/') => return not_yet("--log=FILE"),
+        Some(_) => {
+            return Err(Error::config(
+                "--log must be \"default\", \"stderr\", \"syslog\", \"null\", or an absolute path",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn check_conflicts(o: &Options) -> Result<()> {
+    let conflict = (o.port.is_some() && o.unix.is_some())
+        || (o.single
+            && (o.port.is_some() || o.unix.is_some() || o.run.is_some() || o.vsock || o.action == Action::DumpPlugin))
+        || (o.vsock && o.unix.is_some());
+    if conflict {
+        return Err(Error::config(
+            "--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination",
+        ));
+    }
+    if o.oldstyle && o.tls == Some(TlsMode::Require) {
+        return Err(Error::config("cannot use oldstyle protocol (-o) and require TLS"));
+    }
+    Ok(())
+}
+
+fn load_chain(o: &Options, plugin_name: &str) -> Result<Chain> {
+    let plugin = plugins::new_plugin(plugin_name).ok_or_else(|| {
+        Error::config(format!(
+            "cannot open plugin '{}': not a built-in plugin (built-in plugins: {}). \
+             Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation.",
+            log::escape(plugin_name),
+            plugins::NAMES.join(", ")
+        ))
+    })?;
+    let mut filters = Vec::new();
+    for name in &o.filters {
+        let f = filters::new_filter(name).ok_or_else(|| {
+            let known = if filters::NAMES.is_empty() {
+                "none".to_string()
+            } else {
+                filters::NAMES.join(", ")
+            };
+            Error::config(format!(
+                "cannot open filter '{}': not a built-in filter (built-in filters: {known})",
+                log::escape(name)
+            ))
+        })?;
+        filters.push(f);
+    }
+    if log::verbose() {
+        let mut names: Vec<String> = filters.iter().map(|f| format!("{} (filter)", f.name())).collect();
+        names.push(format!("{} (plugin)", plugin.name()));
+        log::debug(format!("layers: {}", names.join(" -> ")));
+    }
+    Ok(Chain { filters, plugin })
+}
+
+/// `-D NAME.FLAG=N`: check the syntax; none of our layers has debug flags
+/// yet, so every well-formed flag is reported as unused, as nbdkit does.
+fn check_debug_flags(o: &Options, chain: &Chain) -> Result<()> {
+    for flag in &o.debug_flags {
+        let parsed = flag.split_once('=').and_then(|(name, value)| {
+            let (module, f) = name.split_once('.')?;
+            (!module.is_empty() && !f.is_empty() && !value.is_empty()).then_some((module, f))
+        });
+        let Some((module, f)) = parsed else {
+            return Err(Error::config(format!(
+                "-D ({flag}): must have the format NAME.FLAG=N"
+            )));
+        };
+        let loaded = module == chain.plugin.name()
+            || module == "nbdkit"
+            || chain.filters.iter().any(|x| x.name() == module);
+        if loaded {
+            log::warning(format!(
+                "-D {module}.{f}: {module} does not contain a global variable called {}_debug_{}",
+                module,
+                f.replace('.', "_")
+            ));
+        } else {
+            log::warning(format!("-D {module}.{f}: {module} was not used"));
+        }
+    }
+    Ok(())
+}
+
+fn binary_path() -> PathBuf {
+    std::fs::canonicalize("/proc/self/exe")
+        .or_else(|_| std::env::current_exe())
+        .unwrap_or_else(|_| PathBuf::from("nbdkit"))
+}
+
+fn dump_config() -> String {
+    let binary = binary_path();
+    let bindir = binary.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let prefix = bindir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let libdir = prefix.join("lib");
+    let (major, minor) = {
+        let mut it = VERSION.split('.');
+        (it.next().unwrap_or("1"), it.next().unwrap_or("0"))
+    };
+    let lines = [
+        ("binary", binary.display().to_string()),
+        ("bindir", bindir.display().to_string()),
+        ("exit_with_parent", "yes".into()),
+        ("filterdir", libdir.join("nbdkit/filters").display().to_string()),
+        ("host_cpu", std::env::consts::ARCH.into()),
+        ("host_os", "linux-gnu".into()),
+        ("libdir", libdir.display().to_string()),
+        ("mandir", prefix.join("share/man").display().to_string()),
+        ("max_api_version", "2".into()),
+        ("name", "nbdkit".into()),
+        ("plugindir", libdir.join("nbdkit/plugins").display().to_string()),
+        ("root_tls_certificates_dir", "/etc/pki/nbdkit".into()),
+        ("run_default_socket", "Unix".into()),
+        ("sbindir", prefix.join("sbin").display().to_string()),
+        ("selinux", "no".into()),
+        ("soext", "so".into()),
+        ("sysconfdir", "/etc".into()),
+        ("timeout_option", "no".into()),
+        ("tls", "no".into()),
+        ("version", VERSION.into()),
+        ("version_extra", VERSION_EXTRA.into()),
+        ("version_major", major.into()),
+        ("version_minor", minor.into()),
+        ("vsock_option", "no".into()),
+        ("zstd", "yes".into()),
+    ];
+    lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+fn help(chain: &Chain) -> String {
+    let mut s = String::from(cli::USAGE);
+    let path = binary_path().display().to_string();
+    for f in &chain.filters {
+        s.push('\n');
+        s.push_str(&format!("filter: {}", f.name()));
+        if let Some(l) = f.longname() {
+            s.push_str(&format!(" ({l})"));
+        }
+        s.push_str(&format!("\n({path})\n"));
+        push_lines(&mut s, f.description());
+        push_lines(&mut s, f.config_help());
+    }
+    let p = &chain.plugin;
+    s.push('\n');
+    s.push_str(&format!("plugin: {}", p.name()));
+    if let Some(l) = p.longname() {
+        s.push_str(&format!(" ({l})"));
+    }
+    s.push_str(&format!("\n({path})\n"));
+    push_lines(&mut s, p.description());
+    push_lines(&mut s, p.config_help());
+    s
+}
+
+fn push_lines(s: &mut String, text: &str) {
+    if !text.is_empty() {
+        s.push_str(text.trim_end_matches('\n'));
+        s.push('\n');
+    }
+}
+
+fn versions(chain: &Chain) -> String {
+    let mut s = format!("nbdkit {VERSION} ({VERSION_EXTRA})\n");
+    for f in &chain.filters {
+        s.push_str(&format!("{} {}\n", f.name(), f.version()));
+    }
+    s.push_str(&format!("{} {}\n", chain.plugin.name(), chain.plugin.version()));
+    s
+}
+
+fn dump_plugin(chain: &Chain) -> String {
+    let p = &chain.plugin;
+    let path = binary_path().display().to_string();
+    let mut s = String::new();
+    s.push_str(&format!("path={path}\nname={}\nversion={}\napi_version=2\n", p.name(), p.version()));
+    s.push_str(&format!(
+        "max_thread_model={}\nthread_model={}\nerrno_is_preserved=1\n",
+        p.thread_model().name(),
+        chain.thread_model().name()
+    ));
+    if let Some(k) = p.magic_config_key() {
+        s.push_str(&format!("magic_config_key={k}\n"));
+    }
+    for cb in p.callbacks() {
+        s.push_str(&format!("has_{cb}=1\n"));
+    }
+    for line in p.dump_plugin() {
+        s.push_str(&line);
+        s.push('\n');
+    }
+    for f in &chain.filters {
+        s.push_str(&format!("{0}_path={path}\n{0}_name={0}\n", f.name()));
+        for line in f.dump_plugin() {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Bind the listening sockets the options ask for.
+fn bind(o: &Options, private: Option<&PrivateDir>) -> Result<(Vec<Listener>, Endpoint)> {
+    if let Some(unix) = &o.unix {
+        let path = match unix {
+            UnixSocket::Path(p) => p.clone(),
+            UnixSocket::Private => private.expect("private dir exists for -U -").socket_path(),
+        };
+        let l = listen::bind_unix(&path)?;
+        return Ok((vec![l], Endpoint::Unix(path.display().to_string())));
+    }
+    let port = match &o.port {
+        Some(p) => listen::parse_port(p)?,
+        None => listen::DEFAULT_PORT,
+    };
+    let listeners = listen::bind_tcp(o.ipaddr.as_deref(), port, o.family)?;
+    let actual = match listeners.first() {
+        Some(Listener::Tcp(l)) => l.local_addr().map(|a| a.port()).unwrap_or(port),
+        _ => port,
+    };
+    let shown = (o.port.is_some() || o.run.is_some()).then_some(actual);
+    Ok((listeners, Endpoint::Tcp(shown)))
+}
+
+fn print_uri(uri: &str) -> Result<()> {
+    let quoted = shell_quote(uri);
+    print_out(&format!(
+        "{uri}\nShell-quoted URI: {quoted}\nCommand to query the NBD endpoint:\n  nbdinfo {quoted}\n"
+    ))
+    .map(|_| ())
+}
+
+/// While the supervisor waits for the command, keyboard signals are the
+/// command's business (as with `system(3)`).
+fn ignore_interactive_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
+/// Point stdin and stdout at /dev/null: the server must not read from or
+/// write to the terminal or pipe it was started from.
+fn redirect_stdio_to_null() -> Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io(e, "/dev/null"))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| Error::os(e, "dup2"))?;
+    nix::unistd::dup2_stdout(&null).map_err(|e| Error::os(e, "dup2"))?;
+    Ok(())
+}
+
+/// Write the pidfile atomically (temporary file, then rename), so a reader
+/// never sees it empty or half-written.
+fn write_pidfile(path: &Path) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(e, path.display())
+        })?;
+    log::debug(format!("written pidfile {}", path.display()));
+    Ok(())
+}
+
+/// `--exit-with-parent`: ask the kernel for SIGTERM when the parent dies,
+/// and notice if it already has.
+fn arm_exit_with_parent() -> Result<()> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
+        .map_err(|e| Error::os(e, "prctl: PR_SET_PDEATHSIG"))?;
+    if parent.as_raw() == 1 {
+        return Err(Error::config("--exit-with-parent: the parent process has already exited"));
+    }
+    Ok(())
+}

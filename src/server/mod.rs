@@ -1,0 +1,165 @@
+//! The server: listeners, connections, handshake state, request dispatch
+//! and shutdown, kept apart from the plugins and filters it drives.
+//!
+//! - [`listen`]: binding TCP and Unix sockets;
+//! - [`connection`]: one client from accept to close;
+//! - [`negotiate`]: option negotiation;
+//! - [`export`]: an opened export and its cached capabilities;
+//! - [`transmission`]: requests and replies, with parallel workers;
+//! - [`quit`]: the single shutdown mechanism;
+//! - [`captive`], [`uri`]: `--run` and the server's URI.
+
+pub mod captive;
+pub mod connection;
+pub mod export;
+pub mod listen;
+pub mod negotiate;
+pub mod quit;
+pub mod transmission;
+pub mod uri;
+
+use crate::error::{Error, Result};
+use crate::layers::Stack;
+use crate::plugin::ThreadModel;
+use listen::{Listener, Stream};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Everything connections share.
+pub struct Server {
+    pub stack: Stack,
+    pub handshake: negotiate::HandshakeConfig,
+    pub thread_model: ThreadModel,
+    /// Workers per connection for parallel plugins (`-t`).
+    pub threads: usize,
+}
+
+/// The live connections, so shutdown can wake and wait for them.
+#[derive(Default)]
+struct Registry {
+    live: Mutex<HashMap<u64, OwnedFd>>,
+    idle: Condvar,
+}
+
+impl Registry {
+    fn add(&self, id: u64, fd: OwnedFd) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, fd);
+    }
+
+    fn remove(&self, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&id);
+        if live.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Stop reading from every connection: clients waiting between requests
+    /// see their connection closed once in-flight requests are answered.
+    fn shut_down_all(&self) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for fd in live.values() {
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                nix::sys::socket::Shutdown::Read,
+            );
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        while !live.is_empty() {
+            live = self.idle.wait(live).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Accept connections on `listeners` until a stop is requested, then stop
+/// reading from open connections and wait for them to finish.
+pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
+    for l in &listeners {
+        l.set_nonblocking(true)
+            .map_err(|e| Error::io(e, "fcntl"))?;
+        crate::log::debug(format!("listening on {}", l.describe()));
+    }
+    let registry = Arc::new(Registry::default());
+    let next_id = AtomicU64::new(1);
+    while !quit::requested() {
+        let mut fds: Vec<PollFd> = Vec::with_capacity(listeners.len() + 1);
+        fds.push(PollFd::new(quit::fd(), PollFlags::POLLIN));
+        for l in &listeners {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::os(e, "poll")),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        if ready[0] {
+            break;
+        }
+        for (l, _) in listeners.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+            loop {
+                match l.accept() {
+                    Ok(stream) => {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        start_connection(&server, &registry, id, stream);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        crate::log::error(format!("accept: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    crate::log::debug("shutting down: no new connections");
+    drop(listeners);
+    registry.shut_down_all();
+    registry.wait_idle();
+    Ok(())
+}
+
+fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, stream: Stream) {
+    let fd = match &stream {
+        Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
+        Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+    };
+    let set_blocking = match &stream {
+        Stream::Tcp(s) => s.set_nonblocking(false),
+        Stream::Unix(s) => s.set_nonblocking(false),
+    };
+    let (fd, halves) = match (fd, set_blocking.and_then(|()| connection::split(stream))) {
+        (Ok(fd), Ok(h)) => (fd, h),
+        (Err(e), _) | (_, Err(e)) => {
+            crate::log::error(format!("connection {id}: {e}"));
+            return;
+        }
+    };
+    registry.add(id, fd);
+    let name = format!("{}[{id}]", server.stack.plugin.name());
+    let server = server.clone();
+    let reg = registry.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            crate::log::set_thread_context(Some(name));
+            crate::log::debug("accepted connection");
+            connection::handle(&server, halves.0, halves.1);
+            crate::log::debug("connection closed");
+            reg.remove(id);
+        });
+    if let Err(e) = spawned {
+        crate::log::error(format!("cannot start connection thread: {e}"));
+        registry.remove(id);
+    }
+}

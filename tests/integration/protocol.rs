@@ -739,3 +739,76 @@ fn many_simultaneous_connections() {
     }
     s.stop_ok();
 }
+
+/// NBD_OPT_EXTENDED_HEADERS (qemu 10 uses it): the server may refuse it with
+/// ERR_UNSUP (the C nbdkit 1.32 does), but if it accepts, 32-byte requests
+/// and extended replies must work.
+#[test]
+fn extended_headers_if_supported() {
+    let s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.send_opt(11, b"");
+    let (o, t, _) = c.opt_reply();
+    assert_eq!(o, 11);
+    if t == REP_ERR_UNSUP {
+        c.go();
+        c.disconnect();
+        return;
+    }
+    assert_eq!(t, REP_ACK, "NBD_OPT_EXTENDED_HEADERS reply {t:#x}");
+    c.go();
+    let ext_req = |c: &mut Conn, typ: u16, cookie: u64, off: u64, len: u64| {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0x21e4_1c71u32.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&typ.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&off.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        c.put(&b);
+    };
+    let ext_reply = |c: &mut Conn| {
+        assert_eq!(c.u32(), 0x6e8a_278c, "extended reply magic");
+        let flags = c.u16();
+        let typ = c.u16();
+        let cookie = c.u64();
+        let off = c.u64();
+        let len = c.u64() as usize;
+        (flags, typ, cookie, off, c.read_exact(len))
+    };
+    ext_req(&mut c, CMD_READ, 1, 4096, 512);
+    let mut data = Vec::new();
+    loop {
+        let (flags, typ, cookie, off, payload) = ext_reply(&mut c);
+        assert_eq!(cookie, 1);
+        assert_eq!(off, 4096, "extended reply echoes the request offset");
+        if typ == REPLY_TYPE_OFFSET_DATA {
+            data.extend_from_slice(&payload[8..]);
+        } else if typ == 2 {
+            let n = u32::from_be_bytes(payload[8..12].try_into().unwrap());
+            data.extend(std::iter::repeat_n(0u8, n as usize));
+        } else {
+            assert_eq!(typ, REPLY_TYPE_NONE, "chunk type {typ:#x}");
+        }
+        if flags & REPLY_FLAG_DONE != 0 {
+            break;
+        }
+    }
+    assert_eq!(data, vec![0u8; 512]);
+    ext_req(&mut c, CMD_READ, 2, 1 << 20, 512);
+    let (flags, typ, cookie, _, payload) = ext_reply(&mut c);
+    assert_eq!(cookie, 2);
+    assert!(typ == REPLY_TYPE_ERROR || typ == 0x8002, "type {typ:#x}");
+    assert_ne!(flags & REPLY_FLAG_DONE, 0);
+    assert_eq!(
+        u32::from_be_bytes(payload[0..4].try_into().unwrap()),
+        EINVAL
+    );
+    ext_req(&mut c, CMD_FLUSH, 3, 0, 0);
+    let (flags, typ, cookie, _, payload) = ext_reply(&mut c);
+    assert_eq!(
+        (flags & 1, typ, cookie, payload.len()),
+        (1, REPLY_TYPE_NONE, 3, 0)
+    );
+    ext_req(&mut c, CMD_DISC, 4, 0, 0);
+}

@@ -145,6 +145,7 @@ fn fio_randwrite_verify() {
         "--bs=4k",
         "--size=16m",
         "--iodepth=16",
+        "--verify_state_save=0",
     ]);
     assert!(out.contains("nbdverify: (groupid=0"), "{out}");
     assert!(out.contains("err= 0"), "fio reported errors:\n{out}");

@@ -179,7 +179,11 @@ fn print_out(s: &str) -> Result<i32> {
 /// Options parsed for compatibility whose behaviour is not built yet: refuse
 /// them clearly rather than pretend.
 fn check_unsupported(o: &Options) -> Result<()> {
-    let not_yet = |what: &str| Err(Error::config(format!("{what} is not supported by this nbdkit yet")));
+    let not_yet = |what: &str| {
+        Err(Error::config(format!(
+            "{what} is not supported by this nbdkit yet"
+        )))
+    };
     if o.single {
         return not_yet("-s (--single)");
     }
@@ -189,7 +193,11 @@ fn check_unsupported(o: &Options) -> Result<()> {
     if o.user.is_some() || o.group.is_some() {
         return not_yet("-u/-g (changing user or group)");
     }
-    if matches!(o.tls, Some(TlsMode::On | TlsMode::Require)) || o.tls_certificates.is_some() || o.tls_psk.is_some() || o.tls_verify_peer {
+    if matches!(o.tls, Some(TlsMode::On | TlsMode::Require))
+        || o.tls_certificates.is_some()
+        || o.tls_psk.is_some()
+        || o.tls_verify_peer
+    {
         return not_yet("TLS");
     }
     if o.timeout.is_some() {
@@ -217,7 +225,11 @@ fn check_unsupported(o: &Options) -> Result<()> {
 fn check_conflicts(o: &Options) -> Result<()> {
     let conflict = (o.port.is_some() && o.unix.is_some())
         || (o.single
-            && (o.port.is_some() || o.unix.is_some() || o.run.is_some() || o.vsock || o.action == Action::DumpPlugin))
+            && (o.port.is_some()
+                || o.unix.is_some()
+                || o.run.is_some()
+                || o.vsock
+                || o.action == Action::DumpPlugin))
         || (o.vsock && o.unix.is_some());
     if conflict {
         return Err(Error::config(
@@ -225,7 +237,9 @@ fn check_conflicts(o: &Options) -> Result<()> {
         ));
     }
     if o.oldstyle && o.tls == Some(TlsMode::Require) {
-        return Err(Error::config("cannot use oldstyle protocol (-o) and require TLS"));
+        return Err(Error::config(
+            "cannot use oldstyle protocol (-o) and require TLS",
+        ));
     }
     Ok(())
 }
@@ -255,7 +269,10 @@ fn load_chain(o: &Options, plugin_name: &str) -> Result<Chain> {
         filters.push(f);
     }
     if log::verbose() {
-        let mut names: Vec<String> = filters.iter().map(|f| format!("{} (filter)", f.name())).collect();
+        let mut names: Vec<String> = filters
+            .iter()
+            .map(|f| format!("{} (filter)", f.name()))
+            .collect();
         names.push(format!("{} (plugin)", plugin.name()));
         log::debug(format!("layers: {}", names.join(" -> ")));
     }
@@ -310,14 +327,20 @@ fn dump_config() -> String {
         ("binary", binary.display().to_string()),
         ("bindir", bindir.display().to_string()),
         ("exit_with_parent", "yes".into()),
-        ("filterdir", libdir.join("nbdkit/filters").display().to_string()),
+        (
+            "filterdir",
+            libdir.join("nbdkit/filters").display().to_string(),
+        ),
         ("host_cpu", std::env::consts::ARCH.into()),
         ("host_os", "linux-gnu".into()),
         ("libdir", libdir.display().to_string()),
         ("mandir", prefix.join("share/man").display().to_string()),
         ("max_api_version", "2".into()),
         ("name", "nbdkit".into()),
-        ("plugindir", libdir.join("nbdkit/plugins").display().to_string()),
+        (
+            "plugindir",
+            libdir.join("nbdkit/plugins").display().to_string(),
+        ),
         ("root_tls_certificates_dir", "/etc/pki/nbdkit".into()),
         ("run_default_socket", "Unix".into()),
         ("sbindir", prefix.join("sbin").display().to_string()),
@@ -373,7 +396,11 @@ fn versions(chain: &Chain) -> String {
     for f in &chain.filters {
         s.push_str(&format!("{} {}\n", f.name(), f.version()));
     }
-    s.push_str(&format!("{} {}\n", chain.plugin.name(), chain.plugin.version()));
+    s.push_str(&format!(
+        "{} {}\n",
+        chain.plugin.name(),
+        chain.plugin.version()
+    ));
     s
 }
 
@@ -381,7 +408,11 @@ fn dump_plugin(chain: &Chain) -> String {
     let p = &chain.plugin;
     let path = binary_path().display().to_string();
     let mut s = String::new();
-    s.push_str(&format!("path={path}\nname={}\nversion={}\napi_version=2\n", p.name(), p.version()));
+    s.push_str(&format!(
+        "path={path}\nname={}\nversion={}\napi_version=2\n",
+        p.name(),
+        p.version()
+    ));
     s.push_str(&format!(
         "max_thread_model={}\nthread_model={}\nerrno_is_preserved=1\n",
         p.thread_model().name(),
@@ -466,7 +497,9 @@ fn redirect_stdio_to_null() -> Result<()> {
 fn write_pidfile(path: &Path) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::write(&tmp, format!("{}\n", std::process::id()))
@@ -486,7 +519,9 @@ fn arm_exit_with_parent() -> Result<()> {
     nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
         .map_err(|e| Error::os(e, "prctl: PR_SET_PDEATHSIG"))?;
     if parent.as_raw() == 1 {
-        return Err(Error::config("--exit-with-parent: the parent process has already exited"));
+        return Err(Error::config(
+            "--exit-with-parent: the parent process has already exited",
+        ));
     }
     Ok(())
 }

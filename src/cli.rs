@@ -258,8 +258,12 @@ fn lookup_long(name: &str) -> Result<(Opt, bool)> {
 }
 
 fn os_to_string(v: OsString) -> Result<String> {
-    v.into_string()
-        .map_err(|v| Error::config(format!("argument is not valid UTF-8: {}", v.to_string_lossy())))
+    v.into_string().map_err(|v| {
+        Error::config(format!(
+            "argument is not valid UTF-8: {}",
+            v.to_string_lossy()
+        ))
+    })
 }
 
 /// Parse the arguments after the program name.
@@ -440,7 +444,16 @@ mod tests {
 
     #[test]
     fn options_may_follow_the_plugin_and_its_parameters() {
-        let o = p(&["memory", "1M", "-U", "-", "--filter=exitlast", "--run", "true"]).unwrap();
+        let o = p(&[
+            "memory",
+            "1M",
+            "-U",
+            "-",
+            "--filter=exitlast",
+            "--run",
+            "true",
+        ])
+        .unwrap();
         assert_eq!(o.plugin.as_deref(), Some("memory"));
         assert_eq!(o.params, vec!["1M"]);
         assert_eq!(o.unix, Some(UnixSocket::Private));
@@ -465,7 +478,10 @@ mod tests {
         assert_eq!(o.exportname, "x");
         let o = p(&["--read", "--exit-with", "null"]).unwrap();
         assert!(o.readonly && o.exit_with_parent);
-        assert!(p(&["--no-", "null"]).unwrap_err().message().contains("ambiguous"));
+        assert!(p(&["--no-", "null"])
+            .unwrap_err()
+            .message()
+            .contains("ambiguous"));
     }
 
     #[test]
@@ -493,15 +509,23 @@ mod tests {
     #[test]
     fn relative_paths_become_absolute() {
         let o = p(&["-U", "rel.sock", "-P", "x.pid", "null"]).unwrap();
-        let Some(UnixSocket::Path(path)) = o.unix else { panic!() };
+        let Some(UnixSocket::Path(path)) = o.unix else {
+            panic!()
+        };
         assert!(path.is_absolute() && path.ends_with("rel.sock"));
         assert!(o.pidfile.unwrap().is_absolute());
     }
 
     #[test]
     fn tls_words() {
-        assert_eq!(p(&["--tls=require", "null"]).unwrap().tls, Some(TlsMode::Require));
-        assert_eq!(p(&["--tls=force", "null"]).unwrap().tls, Some(TlsMode::Require));
+        assert_eq!(
+            p(&["--tls=require", "null"]).unwrap().tls,
+            Some(TlsMode::Require)
+        );
+        assert_eq!(
+            p(&["--tls=force", "null"]).unwrap().tls,
+            Some(TlsMode::Require)
+        );
         assert_eq!(p(&["--tls=yes", "null"]).unwrap().tls, Some(TlsMode::On));
         assert_eq!(p(&["--tls=off", "null"]).unwrap().tls, Some(TlsMode::Off));
     }

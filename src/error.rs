@@ -39,7 +39,10 @@ impl Error {
 
     /// Wrap an `std::io::Error` with a context string, keeping its errno.
     pub fn io(err: std::io::Error, context: impl fmt::Display) -> Self {
-        let errno = err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
+        let errno = err
+            .raw_os_error()
+            .map(Errno::from_raw)
+            .unwrap_or(Errno::EIO);
         Error::new(errno, format!("{context}: {err}"))
     }
 
@@ -64,7 +67,10 @@ impl std::error::Error for Error {}
 
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
-        let errno = err.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
+        let errno = err
+            .raw_os_error()
+            .map(Errno::from_raw)
+            .unwrap_or(Errno::EIO);
         Error::new(errno, err.to_string())
     }
 }

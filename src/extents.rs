@@ -90,9 +90,9 @@ impl Extents {
             }
             _ => {}
         }
-        let end = offset.checked_add(length).ok_or_else(|| {
-            Error::new(Errno::EINVAL, "extent offset + length overflows")
-        })?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| Error::new(Errno::EINVAL, "extent offset + length overflows"))?;
         self.next = Some(end);
         // Clip to the window.
         let lo = offset.max(self.start);
@@ -129,8 +129,16 @@ mod tests {
         assert_eq!(
             e.list(),
             &[
-                Extent { offset: 100, length: 100, flags: 0 },
-                Extent { offset: 200, length: 100, flags: 3 },
+                Extent {
+                    offset: 100,
+                    length: 100,
+                    flags: 0
+                },
+                Extent {
+                    offset: 200,
+                    length: 100,
+                    flags: 3
+                },
             ]
         );
     }

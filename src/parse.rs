@@ -84,11 +84,12 @@ pub fn parse_unsigned(what: &str, s: &str, max: u64) -> Result<u64> {
     if body.is_empty() || !body.chars().all(|c| c.is_digit(radix)) {
         return Err(bad());
     }
-    let v = u64::from_str_radix(body, radix).map_err(|_| {
-        Error::config(format!("{what}: number out of range: \"{s}\""))
-    })?;
+    let v = u64::from_str_radix(body, radix)
+        .map_err(|_| Error::config(format!("{what}: number out of range: \"{s}\"")))?;
     if v > max {
-        return Err(Error::config(format!("{what}: number out of range: \"{s}\"")));
+        return Err(Error::config(format!(
+            "{what}: number out of range: \"{s}\""
+        )));
     }
     Ok(v)
 }
@@ -177,9 +178,18 @@ mod tests {
             parse_size("1Q").unwrap_err().message(),
             "could not parse size: unknown suffix 'Q'"
         );
-        assert_eq!(parse_size("-1").unwrap_err().message(), "size cannot be negative (-1)");
-        assert_eq!(parse_size("9E").unwrap_err().message(), "overflow computing size (9E)");
-        assert_eq!(parse_size("").unwrap_err().message(), "could not parse size string ()");
+        assert_eq!(
+            parse_size("-1").unwrap_err().message(),
+            "size cannot be negative (-1)"
+        );
+        assert_eq!(
+            parse_size("9E").unwrap_err().message(),
+            "overflow computing size (9E)"
+        );
+        assert_eq!(
+            parse_size("").unwrap_err().message(),
+            "could not parse size string ()"
+        );
     }
 
     #[test]

@@ -188,7 +188,9 @@ pub trait Plugin: Send + Sync {
     /// The exports to advertise for `NBD_OPT_LIST`.  The default is one
     /// export, the default export.
     fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
-        Ok(vec![ExportInfo::named(self.default_export(readonly, is_tls)?)])
+        Ok(vec![ExportInfo::named(
+            self.default_export(readonly, is_tls)?,
+        )])
     }
 
     /// The canonical name of the default export `""`.

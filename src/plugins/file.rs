@@ -630,7 +630,7 @@ impl Handle for FileHandle {
             // it is not used for fast zero requests.
             if !flags.fast && self.can_zeroout.load(Ordering::Relaxed) {
                 let sector = u64::from(self.sector_size.unwrap_or(512));
-                if (offset | count) % sector == 0 {
+                if (offset | count).is_multiple_of(sector) {
                     if self.try_range_ioctl(BLKZEROOUT, count, offset)? {
                         return Ok(true);
                     }

@@ -39,7 +39,11 @@ pub fn script(vars: &RunVars, command: &str) -> String {
 /// Run COMMAND while the forked server (`server`) serves; return the exit
 /// status nbdkit should exit with.
 pub fn supervise(server: Pid, vars: &RunVars, command: &str) -> i32 {
-    let mut rc = match Command::new("/bin/sh").arg("-c").arg(script(vars, command)).status() {
+    let mut rc = match Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script(vars, command))
+        .status()
+    {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => code,
             (None, Some(sig)) => {
@@ -58,11 +62,7 @@ pub fn supervise(server: Pid, vars: &RunVars, command: &str) -> i32 {
             let _ = kill(server, Signal::SIGTERM);
             let _ = waitpid(server, None);
         }
-        Ok(WaitStatus::Exited(_, code)) => {
-            if rc == 0 {
-                rc = code;
-            }
-        }
+        Ok(WaitStatus::Exited(_, code)) if rc == 0 => rc = code,
         Ok(WaitStatus::Signaled(_, sig, _)) => {
             eprintln!("nbdkit: nbdkit command was killed by signal {}", sig as i32);
             rc = 128 + sig as i32;

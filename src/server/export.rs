@@ -46,7 +46,11 @@ impl Export {
         ctx.prepare(readonly)?;
         let size = ctx.get_size()?;
         let write = !readonly && ctx.can_write()?;
-        let zero = if write { ctx.can_zero()? } else { ZeroMode::None };
+        let zero = if write {
+            ctx.can_zero()?
+        } else {
+            ZeroMode::None
+        };
         let caps = Caps {
             write,
             flush: ctx.can_flush()?,

@@ -62,7 +62,11 @@ impl Listener {
                 Ok(a) => format!("tcp {a}"),
                 Err(_) => "tcp ?".into(),
             },
-            Listener::Unix(l) => match l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+            Listener::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            {
                 Some(p) => format!("unix {}", p.display()),
                 None => "unix ?".into(),
             },
@@ -117,7 +121,12 @@ pub fn bind_tcp(ipaddr: Option<&str>, port: u16, family: Family) -> Result<Vec<L
                 crate::log::debug(format!("bound to {addr}"));
                 listeners.push(Listener::Tcp(l));
             }
-            Err(e) if matches!(e.errno(), Errno::EADDRINUSE | Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Errno::EADDRINUSE | Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL
+                ) =>
+            {
                 crate::log::debug(format!("bind {addr}: {} (ignored)", e.message()));
                 last_err = Some(e);
             }

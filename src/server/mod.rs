@@ -46,7 +46,10 @@ struct Registry {
 
 impl Registry {
     fn add(&self, id: u64, fd: OwnedFd) {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, fd);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, fd);
     }
 
     fn remove(&self, id: u64) {
@@ -81,8 +84,7 @@ impl Registry {
 /// reading from open connections and wait for them to finish.
 pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
     for l in &listeners {
-        l.set_nonblocking(true)
-            .map_err(|e| Error::io(e, "fcntl"))?;
+        l.set_nonblocking(true).map_err(|e| Error::io(e, "fcntl"))?;
         crate::log::debug(format!("listening on {}", l.describe()));
     }
     let registry = Arc::new(Registry::default());

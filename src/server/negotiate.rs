@@ -61,7 +61,8 @@ pub fn negotiate(
             Export::open(backend, &name, cfg.readonly, cfg.thread_model)?
         };
         let eflags = export.eflags(false);
-        w.write_all(&oldstyle_greeting(export.size, eflags)).map_err(io)?;
+        w.write_all(&oldstyle_greeting(export.size, eflags))
+            .map_err(io)?;
         w.flush().map_err(io)?;
         return Ok(Some(Negotiated {
             export,
@@ -69,7 +70,8 @@ pub fn negotiate(
             base_allocation: false,
         }));
     }
-    w.write_all(&newstyle_greeting(cfg.handshake_flags)).map_err(io)?;
+    w.write_all(&newstyle_greeting(cfg.handshake_flags))
+        .map_err(io)?;
     w.flush().map_err(io)?;
     let mut cflags = [0u8; 4];
     if !read_or_eof(r, &mut cflags).map_err(io)? {
@@ -77,7 +79,9 @@ pub fn negotiate(
     }
     let cflags = parse_client_flags(cflags);
     if cflags & !(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) != 0 {
-        return Err(Error::config(format!("handshake: unknown client flags 0x{cflags:x}")));
+        return Err(Error::config(format!(
+            "handshake: unknown client flags 0x{cflags:x}"
+        )));
     }
     let mut n = Negotiation {
         cfg,
@@ -139,8 +143,8 @@ impl Negotiation<'_> {
             if !read_or_eof(r, &mut hdr).map_err(io)? {
                 return Ok(None);
             }
-            let OptionHeader { option, length } = parse_option_header(&hdr)
-                .map_err(|e| Error::config(format!("handshake: {e}")))?;
+            let OptionHeader { option, length } =
+                parse_option_header(&hdr).map_err(|e| Error::config(format!("handshake: {e}")))?;
             if length as u64 > MAX_REQUEST_SIZE {
                 return Err(Error::config(format!(
                     "handshake: option {} data too long ({length} bytes)",
@@ -149,11 +153,19 @@ impl Negotiation<'_> {
             }
             let mut data = vec![0u8; length as usize];
             r.read_exact(&mut data).map_err(io)?;
-            crate::log::debug(format!("newstyle negotiation: {} length {length}", option_name(option)));
+            crate::log::debug(format!(
+                "newstyle negotiation: {} length {length}",
+                option_name(option)
+            ));
 
             if !self.fixed && option != NBD_OPT_EXPORT_NAME {
                 // A non-fixed client may only send EXPORT_NAME.
-                self.reply_err(w, option, NBD_REP_ERR_INVALID, "only NBD_OPT_EXPORT_NAME is allowed")?;
+                self.reply_err(
+                    w,
+                    option,
+                    NBD_REP_ERR_INVALID,
+                    "only NBD_OPT_EXPORT_NAME is allowed",
+                )?;
                 continue;
             }
             let parsed = match parse_option(option, &data) {
@@ -181,7 +193,12 @@ impl Negotiation<'_> {
                 }
                 ClientOption::List => {
                     if self.listed {
-                        self.reply_err(w, option, NBD_REP_ERR_INVALID, "NBD_OPT_LIST may only be sent once")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_INVALID,
+                            "NBD_OPT_LIST may only be sent once",
+                        )?;
                         continue;
                     }
                     self.listed = true;
@@ -202,7 +219,12 @@ impl Negotiation<'_> {
                     }
                 }
                 ClientOption::StartTls => {
-                    self.reply_err(w, option, NBD_REP_ERR_UNSUP, "TLS is not supported by this server")?;
+                    self.reply_err(
+                        w,
+                        option,
+                        NBD_REP_ERR_UNSUP,
+                        "TLS is not supported by this server",
+                    )?;
                 }
                 ClientOption::Info(req) | ClientOption::Go(req) => {
                     let go = option == NBD_OPT_GO;
@@ -215,15 +237,28 @@ impl Negotiation<'_> {
                         }
                     };
                     let eflags = export.eflags(self.style != ReplyStyle::Simple);
-                    self.reply(w, option, NBD_REP_INFO, &info_export_payload(export.size, eflags))?;
+                    self.reply(
+                        w,
+                        option,
+                        NBD_REP_INFO,
+                        &info_export_payload(export.size, eflags),
+                    )?;
                     for &info in &req.requests {
                         match info {
-                            NBD_INFO_NAME => {
-                                self.reply(w, option, NBD_REP_INFO, &info_name_payload(&export.name))?
-                            }
+                            NBD_INFO_NAME => self.reply(
+                                w,
+                                option,
+                                NBD_REP_INFO,
+                                &info_name_payload(&export.name),
+                            )?,
                             NBD_INFO_DESCRIPTION => {
                                 if let Ok(Some(d)) = export.description() {
-                                    self.reply(w, option, NBD_REP_INFO, &info_description_payload(&d))?;
+                                    self.reply(
+                                        w,
+                                        option,
+                                        NBD_REP_INFO,
+                                        &info_description_payload(&d),
+                                    )?;
                                 }
                             }
                             NBD_INFO_BLOCK_SIZE => {
@@ -231,7 +266,12 @@ impl Negotiation<'_> {
                                     Ok(Some(b)) => (b.minimum, b.preferred, b.maximum),
                                     _ => (1, 4096, 0xffff_ffff),
                                 };
-                                self.reply(w, option, NBD_REP_INFO, &info_block_size_payload(min, pref, max))?;
+                                self.reply(
+                                    w,
+                                    option,
+                                    NBD_REP_INFO,
+                                    &info_block_size_payload(min, pref, max),
+                                )?;
                             }
                             _ => {}
                         }
@@ -244,9 +284,19 @@ impl Negotiation<'_> {
                 }
                 ClientOption::StructuredReply => {
                     if self.cfg.no_sr {
-                        self.reply_err(w, option, NBD_REP_ERR_UNSUP, "structured replies are disabled (--no-sr)")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_UNSUP,
+                            "structured replies are disabled (--no-sr)",
+                        )?;
                     } else if self.style == ReplyStyle::Extended {
-                        self.reply_err(w, option, NBD_REP_ERR_EXT_HEADER_REQD, "extended headers already negotiated")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_EXT_HEADER_REQD,
+                            "extended headers already negotiated",
+                        )?;
                     } else {
                         self.style = ReplyStyle::Structured;
                         self.reply(w, option, NBD_REP_ACK, &[])?;
@@ -254,7 +304,12 @@ impl Negotiation<'_> {
                 }
                 ClientOption::ExtendedHeaders => {
                     if self.cfg.no_sr {
-                        self.reply_err(w, option, NBD_REP_ERR_UNSUP, "extended headers are disabled (--no-sr)")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_UNSUP,
+                            "extended headers are disabled (--no-sr)",
+                        )?;
                     } else {
                         self.style = ReplyStyle::Extended;
                         self.reply(w, option, NBD_REP_ACK, &[])?;
@@ -263,7 +318,12 @@ impl Negotiation<'_> {
                 ClientOption::ListMetaContext(req) | ClientOption::SetMetaContext(req) => {
                     let set = option == NBD_OPT_SET_META_CONTEXT;
                     if self.cfg.no_mc {
-                        self.reply_err(w, option, NBD_REP_ERR_UNSUP, "meta contexts are disabled (--no-mc)")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_UNSUP,
+                            "meta contexts are disabled (--no-mc)",
+                        )?;
                         continue;
                     }
                     if set {
@@ -271,19 +331,29 @@ impl Negotiation<'_> {
                         self.meta = None;
                     }
                     if self.style == ReplyStyle::Simple {
-                        self.reply_err(w, option, NBD_REP_ERR_INVALID, "structured replies must be negotiated first")?;
+                        self.reply_err(
+                            w,
+                            option,
+                            NBD_REP_ERR_INVALID,
+                            "structured replies must be negotiated first",
+                        )?;
                         continue;
                     }
                     let matched = if req.queries.is_empty() {
                         !set
                     } else {
-                        req.queries.iter().any(|q| {
-                            q == BASE_ALLOCATION || (!set && q == "base:")
-                        })
+                        req.queries
+                            .iter()
+                            .any(|q| q == BASE_ALLOCATION || (!set && q == "base:"))
                     };
                     if matched {
                         let id = if set { BASE_ALLOCATION_ID } else { 0 };
-                        self.reply(w, option, NBD_REP_META_CONTEXT, &meta_context_payload(id, BASE_ALLOCATION))?;
+                        self.reply(
+                            w,
+                            option,
+                            NBD_REP_META_CONTEXT,
+                            &meta_context_payload(id, BASE_ALLOCATION),
+                        )?;
                     }
                     if set {
                         self.meta = Some((req.export, matched));
@@ -298,7 +368,8 @@ impl Negotiation<'_> {
     }
 
     fn locked(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        self.lock.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
+        self.lock
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Resolve `""` to the default export and open it.
@@ -309,7 +380,12 @@ impl Negotiation<'_> {
         } else {
             requested.to_string()
         };
-        Export::open(self.backend, &name, self.cfg.readonly, self.cfg.thread_model)
+        Export::open(
+            self.backend,
+            &name,
+            self.cfg.readonly,
+            self.cfg.thread_model,
+        )
     }
 
     /// Reuse the export opened by a previous NBD_OPT_INFO on the same name.

@@ -48,15 +48,19 @@ fn get() -> &'static Quit {
 pub fn install_signal_handlers() -> Result<()> {
     let q = get();
     for sig in QUIT_SIGNALS {
-        signal_hook::flag::register(sig, q.flag.clone())
-            .map_err(|e| Error::io(e, "sigaction"))?;
+        signal_hook::flag::register(sig, q.flag.clone()).map_err(|e| Error::io(e, "sigaction"))?;
         let w = q.write.try_clone().map_err(|e| Error::io(e, "dup"))?;
         signal_hook::low_level::pipe::register(sig, w).map_err(|e| Error::io(e, "sigaction"))?;
     }
     // SAFETY: setting SIGPIPE to SIG_IGN has no preconditions; broken
     // connections then show up as EPIPE errors from write.
-    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }
-        .map_err(|e| Error::os(e, "signal"))?;
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .map_err(|e| Error::os(e, "signal"))?;
     Ok(())
 }
 

@@ -128,12 +128,17 @@ fn worker(c: &Shared<'_>) {
         }
         let outcome = match incoming.refuse {
             Some((err, msg)) => {
-                crate::log::error(format!("invalid request: {}: {msg}", command_name(req.command)));
+                crate::log::error(format!(
+                    "invalid request: {}: {msg}",
+                    command_name(req.command)
+                ));
                 Outcome::Error(err)
             }
             None if quit::requested() => Outcome::Error(NBD_ESHUTDOWN),
             None => {
-                let _guard = c.s.request_lock.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+                let _guard =
+                    c.s.request_lock
+                        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
                 execute(c.s, &req, &mut buf)
             }
         };
@@ -165,8 +170,8 @@ fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Opt
     if req.command == NBD_CMD_DISC {
         return Ok(None);
     }
-    let has_payload = req.command == NBD_CMD_WRITE
-        || (extended && req.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0);
+    let has_payload =
+        req.command == NBD_CMD_WRITE || (extended && req.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0);
     let payload = if has_payload { req.length } else { 0 };
     let mut refuse = None;
     if payload > MAX_REQUEST_SIZE {
@@ -217,7 +222,11 @@ fn validate(s: &Session<'_>, req: &Request, has_payload: bool) -> Result<(), (u3
         NBD_CMD_BLOCK_STATUS => NBD_CMD_FLAG_REQ_ONE,
         NBD_CMD_FLUSH | NBD_CMD_CACHE => 0,
         _ => return einval("unknown command"),
-    } | if extended { NBD_CMD_FLAG_PAYLOAD_LEN } else { 0 };
+    } | if extended {
+        NBD_CMD_FLAG_PAYLOAD_LEN
+    } else {
+        0
+    };
     if req.flags & !allowed != 0 {
         return einval(&format!("invalid flags 0x{:x} for this command", req.flags));
     }
@@ -258,9 +267,7 @@ fn validate(s: &Session<'_>, req: &Request, has_payload: bool) -> Result<(), (u3
         _ => {}
     }
 
-    let in_range = req.length > 0
-        && req.offset <= e.size
-        && req.length <= e.size - req.offset;
+    let in_range = req.length > 0 && req.offset <= e.size && req.length <= e.size - req.offset;
     if !in_range {
         let err = match req.command {
             NBD_CMD_WRITE | NBD_CMD_WRITE_ZEROES if req.length > 0 => NBD_ENOSPC,
@@ -302,7 +309,8 @@ fn execute(s: &Session<'_>, req: &Request, buf: &mut Vec<u8>) -> Outcome {
             if buf.len() < n {
                 buf.resize(n, 0);
             }
-            ctx.pread(&mut buf[..n], req.offset, 0).map(|()| Outcome::Read(n))
+            ctx.pread(&mut buf[..n], req.offset, 0)
+                .map(|()| Outcome::Read(n))
         }
         NBD_CMD_WRITE => ctx
             .pwrite(&buf[..req.length as usize], req.offset, fua)
@@ -378,14 +386,17 @@ fn send_reply(
         Outcome::Ok => w.write_all(ok_reply(s.style, req.cookie, req.offset).as_bytes())?,
         Outcome::Read(n) => {
             let hdr = read_reply_header(s.style, req.cookie, req.offset, n as u32);
-            write_all_vectored(w, &mut [IoSlice::new(hdr.as_bytes()), IoSlice::new(&buf[..n])])?;
+            write_all_vectored(
+                w,
+                &mut [IoSlice::new(hdr.as_bytes()), IoSlice::new(&buf[..n])],
+            )?;
         }
-        Outcome::BlockStatus(list) => {
-            w.write_all(&block_status_reply(s.style, req.cookie, req.offset, 1, &list))?
+        Outcome::BlockStatus(list) => w.write_all(&block_status_reply(
+            s.style, req.cookie, req.offset, 1, &list,
+        ))?,
+        Outcome::Error(err) => {
+            w.write_all(error_reply(s.style, req.cookie, req.offset, err, req.command).as_bytes())?
         }
-        Outcome::Error(err) => w.write_all(
-            error_reply(s.style, req.cookie, req.offset, err, req.command).as_bytes(),
-        )?,
     }
     w.flush()
 }
@@ -413,7 +424,10 @@ mod tests {
         assert_eq!(nbd_error(Errno::EROFS, 0), NBD_EPERM);
         assert_eq!(nbd_error(Errno::EDQUOT, 0), NBD_ENOSPC);
         assert_eq!(nbd_error(Errno::ENOTSUP, 0), NBD_EINVAL);
-        assert_eq!(nbd_error(Errno::ENOTSUP, NBD_CMD_FLAG_FAST_ZERO), NBD_ENOTSUP);
+        assert_eq!(
+            nbd_error(Errno::ENOTSUP, NBD_CMD_FLAG_FAST_ZERO),
+            NBD_ENOTSUP
+        );
         assert_eq!(nbd_error(Errno::EOVERFLOW, 0), NBD_EINVAL);
         assert_eq!(nbd_error(Errno::EOVERFLOW, NBD_CMD_FLAG_DF), NBD_EOVERFLOW);
         assert_eq!(nbd_error(Errno::EBADF, 0), NBD_EINVAL);

@@ -81,8 +81,14 @@ mod tests {
     #[test]
     fn unix_uris() {
         let ep = Endpoint::Unix("/tmp/nbdkitAbc/socket".into());
-        assert_eq!(make_uri(&ep, ""), "nbd+unix://?socket=/tmp/nbdkitAbc/socket");
-        assert_eq!(make_uri(&ep, "foo"), "nbd+unix:///foo?socket=/tmp/nbdkitAbc/socket");
+        assert_eq!(
+            make_uri(&ep, ""),
+            "nbd+unix://?socket=/tmp/nbdkitAbc/socket"
+        );
+        assert_eq!(
+            make_uri(&ep, "foo"),
+            "nbd+unix:///foo?socket=/tmp/nbdkitAbc/socket"
+        );
         assert_eq!(
             make_uri(&ep, "a b/c?d&e%"),
             "nbd+unix:///a%20b/c%3Fd%26e%25?socket=/tmp/nbdkitAbc/socket"
@@ -93,14 +99,27 @@ mod tests {
 
     #[test]
     fn tcp_uris() {
-        assert_eq!(make_uri(&Endpoint::Tcp(Some(10999)), ""), "nbd://localhost:10999");
-        assert_eq!(make_uri(&Endpoint::Tcp(Some(10999)), "foo"), "nbd://localhost:10999/foo");
+        assert_eq!(
+            make_uri(&Endpoint::Tcp(Some(10999)), ""),
+            "nbd://localhost:10999"
+        );
+        assert_eq!(
+            make_uri(&Endpoint::Tcp(Some(10999)), "foo"),
+            "nbd://localhost:10999/foo"
+        );
         assert_eq!(make_uri(&Endpoint::Tcp(None), ""), "nbd://localhost");
     }
 
     #[test]
     fn quoting_round_trips_through_sh() {
-        for s in ["", "plain", "it's $x", "a b\"c\\d`e", "nbd+unix://?socket=/x", "\n"] {
+        for s in [
+            "",
+            "plain",
+            "it's $x",
+            "a b\"c\\d`e",
+            "nbd+unix://?socket=/x",
+            "\n",
+        ] {
             let out = std::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(format!("v={}; printf %s \"$v\"", shell_quote(s)))

@@ -1,0 +1,247 @@
+//! Captive mode basics (`--run`).
+
+use crate::harness::*;
+use std::path::Path;
+
+/// Parse `key=value` lines printed by a --run script.
+fn vars(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const PRINT_VARS: &str = "echo uri=$uri; echo nbd=$nbd; echo port=$port; \
+     echo unixsocket=$unixsocket; echo exportname=$exportname";
+
+#[test]
+fn run_variables_with_private_socket() {
+    let out = captive(&["-U", "-", "memory", "1M"], PRINT_VARS);
+    let v = vars(&out);
+    let sock = &v["unixsocket"];
+    assert!(
+        sock.starts_with("/tmp/nbdkit") && sock.ends_with("/socket"),
+        "unixsocket={sock}"
+    );
+    let dirname = Path::new(sock).parent().unwrap();
+    let base = dirname.file_name().unwrap().to_str().unwrap();
+    assert_eq!(base.len(), "nbdkitXXXXXX".len(), "dir {dirname:?}");
+    assert_eq!(dirname.parent().unwrap(), Path::new("/tmp"));
+    assert_eq!(v["uri"], format!("nbd+unix://?socket={sock}"));
+    assert_eq!(v["nbd"], v["uri"]);
+    assert_eq!(v["port"], "");
+    assert_eq!(v["exportname"], "");
+    assert!(
+        !dirname.exists(),
+        "private socket directory {dirname:?} still exists after exit"
+    );
+}
+
+#[test]
+fn run_variables_named_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("my.sock");
+    let s = sock.display().to_string();
+    let out = captive(&["-U", &s, "null"], PRINT_VARS);
+    let v = vars(&out);
+    assert_eq!(v["uri"], format!("nbd+unix://?socket={s}"));
+    assert_eq!(v["unixsocket"], s);
+    assert_eq!(v["port"], "");
+}
+
+#[test]
+fn run_variables_not_exported() {
+    let out = captive(
+        &["-U", "-", "memory", "1M"],
+        "env; echo uri-set=${uri:+yes}",
+    );
+    assert!(out.lines().any(|l| l == "uri-set=yes"), "{out}");
+    for var in ["uri=", "nbd=", "unixsocket=", "exportname=", "port="] {
+        assert!(
+            !out.lines().any(|l| l.starts_with(var)),
+            "{var} is exported to the environment:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn run_exportname_percent_encoded() {
+    let out = captive(&["-U", "-", "-e", "a b/c?", "null"], PRINT_VARS);
+    let v = vars(&out);
+    assert_eq!(v["exportname"], "a b/c?");
+    assert_eq!(
+        v["uri"],
+        format!("nbd+unix:///a%20b/c%3F?socket={}", v["unixsocket"])
+    );
+}
+
+#[test]
+fn run_exportname_simple() {
+    let out = captive(&["-U", "-", "-e", "foo", "null"], PRINT_VARS);
+    let v = vars(&out);
+    assert_eq!(v["exportname"], "foo");
+    assert_eq!(
+        v["uri"],
+        format!("nbd+unix:///foo?socket={}", v["unixsocket"])
+    );
+}
+
+#[test]
+fn run_tcp_port() {
+    for attempt in 0..10 {
+        let port = free_port();
+        let ps = port.to_string();
+        let o = run_cmd(
+            nbdkit()
+                .args([
+                    "-p",
+                    &ps,
+                    "-i",
+                    "127.0.0.1",
+                    "memory",
+                    "1M",
+                    "--run",
+                    &format!("{PRINT_VARS}; nbdinfo --size nbd://127.0.0.1:$port"),
+                ])
+                .env("PATH", client_path()),
+            LONG_TIMEOUT,
+        );
+        if !o.status.success() && stderr_str(&o).contains("in use") && attempt < 9 {
+            continue;
+        }
+        assert_success(&o, "nbdkit -p PORT --run");
+        let out = stdout_str(&o);
+        let v = vars(&out);
+        assert_eq!(v["uri"], format!("nbd://localhost:{port}"));
+        assert_eq!(v["port"], ps);
+        assert_eq!(v["unixsocket"], "");
+        assert!(out.lines().any(|l| l == "1048576"), "{out}");
+        return;
+    }
+}
+
+#[test]
+fn run_tcp_port_exportname() {
+    let port = free_port().to_string();
+    let out = captive(
+        &["-p", &port, "-i", "127.0.0.1", "-e", "foo", "null"],
+        PRINT_VARS,
+    );
+    let v = vars(&out);
+    assert_eq!(v["uri"], format!("nbd://localhost:{port}/foo"));
+}
+
+/// 1.36+: `--run` without -U/-p implies `-U -` (1.32.5 uses TCP 10809).
+#[test]
+fn run_implies_private_unix_socket() {
+    // 1.32.5 binds TCP 10809 here; serialise with the 10809 test.
+    let _lock = lock_10809();
+    let out = captive(
+        &["memory", "1M"],
+        &format!("{PRINT_VARS}; nbdinfo --size \"$uri\""),
+    );
+    let v = vars(&out);
+    assert!(
+        v["uri"].starts_with("nbd+unix://?socket=/tmp/nbdkit"),
+        "uri={}",
+        v["uri"]
+    );
+    assert!(v["unixsocket"].ends_with("/socket"));
+    assert_eq!(v["port"], "");
+    assert!(out.lines().any(|l| l == "1048576"), "{out}");
+}
+
+#[test]
+fn run_exit_status_propagates() {
+    for (cmd, code) in [("exit 7", 7), ("true", 0), ("false", 1), ("exit 255", 255)] {
+        let o = run(&["-U", "-", "memory", "1M", "--run", cmd]);
+        assert_no_panic(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "--run {cmd:?}: {}",
+            stderr_str(&o)
+        );
+        assert!(o.stdout.is_empty(), "--run {cmd:?} wrote to stdout");
+    }
+}
+
+#[test]
+fn run_nbdinfo_size() {
+    let out = captive(&["-U", "-", "memory", "1M"], "nbdinfo --size \"$uri\"");
+    assert_eq!(out, "1048576\n");
+}
+
+#[test]
+fn run_command_inherits_stdin() {
+    let mut cmd = nbdkit();
+    cmd.args(["-U", "-", "null", "--run", "cat"])
+        .stdin(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello from stdin\n").unwrap();
+    }
+    let o = wait_output(child, TIMEOUT, "nbdkit --run cat");
+    assert_success(&o, "nbdkit --run cat");
+    assert_eq!(stdout_str(&o), "hello from stdin\n");
+}
+
+/// The ONLY test that uses the default port 10809 (nothing else may).
+/// Checks the default TCP URI with `--run`, then that a foreground server
+/// without `-p` listens on 10809 on every address.
+#[test]
+fn default_port_10809() {
+    let _lock = lock_10809();
+    let out = captive(
+        &["-p", "10809", "memory", "1M"],
+        "echo uri=$uri; echo port=$port; nbdinfo --size nbd://localhost",
+    );
+    let v = vars(&out);
+    assert_eq!(v["uri"], "nbd://localhost:10809");
+    assert_eq!(v["port"], "10809");
+    assert!(out.lines().any(|l| l == "1048576"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("pid");
+    let child = nbdkit()
+        .args(["-f", "-P", &pid.display().to_string(), "memory", "2M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&pid)
+        .map(|s| s.trim().is_empty())
+        .unwrap_or(true)
+    {
+        if let Some(st) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!("nbdkit on the default port exited early: {st:?}");
+        }
+        assert!(start.elapsed() < TIMEOUT, "pidfile not written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(nbdinfo(&["--size", "nbd://localhost"]).trim(), "2097152");
+    assert_eq!(
+        nbdinfo(&["--size", "nbd://127.0.0.1:10809"]).trim(),
+        "2097152"
+    );
+    let child = guard.0.take().unwrap();
+    kill_group(child.id(), libc::SIGTERM);
+    let o = wait_output(child, TIMEOUT, "nbdkit on 10809");
+    assert!(o.status.success(), "{:?} {}", o.status, stderr_str(&o));
+}
+
+struct KillOnDrop(Option<std::process::Child>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            kill_group(c.id(), libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Command line: probing options, error handling, option permutation.
+
+use crate::harness::*;
+
+fn config_map(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn version_first_line() {
+    let out = run_ok(&["--version"]);
+    let first = out.lines().next().unwrap_or("");
+    if testing_c_nbdkit() {
+        assert!(first.starts_with("nbdkit 1."), "first line: {first:?}");
+    } else {
+        assert!(first.starts_with("nbdkit 1.46"), "first line: {first:?}");
+    }
+    // Short form too.
+    let out2 = run_ok(&["-V"]);
+    assert_eq!(out2.lines().next(), Some(first));
+}
+
+#[test]
+fn plugin_version_lines() {
+    let out = run_ok(&["memory", "--version"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("nbdkit 1."), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("memory 1.")),
+        "no `memory 1.` line in:\n{out}"
+    );
+    for p in ["null", "file"] {
+        let out = run_ok(&[p, "--version"]);
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{p} 1."))),
+            "no `{p} 1.` line in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn dump_config_keys() {
+    let out = run_ok(&["--dump-config"]);
+    let m = config_map(&out);
+    assert_eq!(
+        m.get("version_major").map(String::as_str),
+        Some("1"),
+        "{out}"
+    );
+    let minor: u32 = m
+        .get("version_minor")
+        .unwrap_or_else(|| panic!("no version_minor in:\n{out}"))
+        .parse()
+        .expect("version_minor is a number");
+    if !testing_c_nbdkit() {
+        assert!(minor >= 46, "version_minor={minor} < 46");
+    }
+    assert_eq!(m.get("name").map(String::as_str), Some("nbdkit"));
+    for k in [
+        "binary",
+        "bindir",
+        "exit_with_parent",
+        "plugindir",
+        "tls",
+        "version",
+        "zstd",
+    ] {
+        assert!(m.contains_key(k), "--dump-config lacks {k}=:\n{out}");
+    }
+    assert!(
+        m["version"].starts_with(&format!("1.{minor}")),
+        "version={} vs version_minor={minor}",
+        m["version"]
+    );
+    assert!(matches!(m["tls"].as_str(), "yes" | "no"));
+    assert!(matches!(m["zstd"].as_str(), "yes" | "no"));
+}
+
+#[test]
+fn help_mentions_dump_config() {
+    let out = run_ok(&["--help"]);
+    assert!(out.contains("dump-config"), "{out}");
+    assert!(out.contains("PLUGIN"), "{out}");
+}
+
+#[test]
+fn plugin_help_mentions_size() {
+    let out = run_ok(&["memory", "--help"]);
+    assert!(out.contains("size="), "{out}");
+}
+
+#[test]
+fn dump_plugin_builtin_plugins() {
+    for p in ["memory", "null", "file"] {
+        let out = run_ok(&[p, "--dump-plugin"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines.contains(&format!("name={p}").as_str()),
+            "{p} --dump-plugin lacks name={p}:\n{out}"
+        );
+        assert!(
+            lines.contains(&"thread_model=parallel"),
+            "{p} --dump-plugin lacks thread_model=parallel:\n{out}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("version=1.")),
+            "{p}: no version=:\n{out}"
+        );
+    }
+    let out = run_ok(&["memory", "--dump-plugin"]);
+    assert!(out.lines().any(|l| l == "magic_config_key=size"), "{out}");
+}
+
+#[test]
+fn dump_plugin_without_plugin_fails() {
+    let o = run(&["--dump-plugin"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_str(&o));
+    assert!(stderr_str(&o).starts_with("nbdkit: "), "{}", stderr_str(&o));
+}
+
+/// Run nbdkit in the foreground on a private socket so that a wrongly
+/// accepted command line cannot daemonise; expect exit 1 and an error line.
+#[track_caller]
+pub fn expect_error(args: &[&str], error_prefix: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pid = dir.path().join("pid");
+    let mut full = vec![
+        "-f".to_string(),
+        "-U".to_string(),
+        sock.display().to_string(),
+        "-P".to_string(),
+        pid.display().to_string(),
+    ];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let o = run(&full);
+    assert_no_panic(&o);
+    let err = stderr_str(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "nbdkit {args:?}: expected exit 1, got {:?}\nstderr: {err}",
+        o.status
+    );
+    assert!(
+        !pid.exists(),
+        "nbdkit {args:?} wrote a pidfile although it failed"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_err(),
+        "nbdkit {args:?} failed but something still serves its socket"
+    );
+    let want = if error_prefix {
+        "nbdkit: error: "
+    } else {
+        "nbdkit: "
+    };
+    assert!(
+        err.lines().any(|l| l.starts_with(want)),
+        "nbdkit {args:?}: no stderr line starting {want:?}:\n{err}"
+    );
+    err
+}
+
+#[test]
+fn error_unknown_plugin() {
+    expect_error(&["nosuchplugin"], true);
+}
+
+#[test]
+fn error_unknown_filter() {
+    expect_error(&["--filter=nosuchfilter", "memory", "1M"], true);
+}
+
+#[test]
+fn error_unknown_filter_with_space() {
+    expect_error(&["--filter", "nosuchfilter", "memory", "1M"], true);
+}
+
+#[test]
+fn error_bad_sizes() {
+    for size in [
+        "1Q",
+        "1.5M",
+        "-1",
+        "8E",
+        "",
+        "1MB",
+        "0x10",
+        "9223372036854775808",
+    ] {
+        if size.starts_with('-') {
+            expect_error(&["memory", "--", size], true);
+        } else {
+            expect_error(&["memory", size], true);
+        }
+        expect_error(&["memory", &format!("size={size}")], true);
+    }
+}
+
+#[test]
+fn error_memory_without_size() {
+    let err = expect_error(&["memory"], true);
+    assert!(err.contains("size"), "{err}");
+}
+
+#[test]
+fn error_unknown_parameter() {
+    let err = expect_error(&["memory", "1M", "foo=bar"], true);
+    assert!(err.contains("foo"), "message does not name the key:\n{err}");
+}
+
+#[test]
+fn error_file_nonexistent() {
+    expect_error(&["file", "/nonexistent/disk.img"], true);
+}
+
+#[test]
+fn error_unknown_option() {
+    expect_error(&["--nosuchoption", "memory", "1M"], false);
+}
+
+#[test]
+fn error_bad_threads() {
+    expect_error(&["-t", "abc", "memory", "1M"], true);
+}
+
+#[test]
+fn error_no_plugin() {
+    let o = run(&["-f"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_str(&o).starts_with("nbdkit: "), "{}", stderr_str(&o));
+}
+
+#[test]
+fn largest_size_accepted() {
+    let out = captive(
+        &["-U", "-", "memory", "9223372036854775807"],
+        "nbdinfo --size \"$uri\"",
+    );
+    assert_eq!(out.trim(), "9223372036854775807");
+}
+
+#[test]
+fn size_suffixes() {
+    for (s, n) in [
+        ("1b", 1u64),
+        ("3s", 1536),
+        ("1k", 1024),
+        ("2K", 2048),
+        ("1m", 1 << 20),
+        ("1G", 1 << 30),
+        ("+5", 5),
+    ] {
+        let out = captive(&["-U", "-", "memory", s], "nbdinfo --size \"$uri\"");
+        assert_eq!(out.trim(), n.to_string(), "size {s}");
+    }
+}
+
+#[test]
+fn options_after_plugin_parameters() {
+    let out = captive(
+        &["memory", "1M", "-U", "-"],
+        "nbdinfo --size \"$uri\"; echo \"$unixsocket\"",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1048576", "{out}");
+    assert!(lines[1].ends_with("/socket"), "{out}");
+}
+
+#[test]
+fn bundled_unix_dash() {
+    let out = captive(&["-U-", "memory", "size=2M"], "nbdinfo --size \"$uri\"");
+    assert_eq!(out.trim(), "2097152");
+}
+
+#[test]
+fn long_options_with_equals() {
+    let out = captive(
+        &["--unix=-", "--readonly", "--threads=4", "memory", "1M"],
+        "nbdinfo --json \"$uri\"",
+    );
+    assert!(out.contains("\"is_read_only\": true"), "{out}");
+}
+
+#[test]
+fn last_size_wins() {
+    let out = captive(
+        &["-U", "-", "memory", "1M", "size=2M"],
+        "nbdinfo --size \"$uri\"",
+    );
+    assert_eq!(out.trim(), "2097152");
+}
+
+#[test]
+fn verbose_debug_messages() {
+    let o = run_cmd(
+        nbdkit().args(["-v", "-U", "-", "null", "--run", "true"]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit -v");
+    let err = stderr_str(&o);
+    assert!(
+        err.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("nbdkit: debug: nbdkit 1."),
+        "first -v line:\n{err}"
+    );
+}
+
+#[test]
+fn quiet_without_verbose() {
+    let o = run_cmd(
+        nbdkit().args(["-U", "-", "null", "--run", "echo hi"]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit");
+    assert_eq!(stderr_str(&o), "", "unexpected stderr without -v");
+    assert_eq!(stdout_str(&o), "hi\n");
+}
+
+#[test]
+fn pidfile_holds_server_pid() {
+    let mut s = Server::start(&["null"]);
+    let pid = std::fs::read_to_string(s.dir().join("pid")).unwrap();
+    assert_eq!(pid, format!("{}\n", s.pid()));
+    s.stop_ok();
+}
+
+#[test]
+fn clean_exit_on_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        let mut s = Server::start(&["memory", "1M"]);
+        assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
+        kill_group(s.pid(), sig);
+        let st = s.stop();
+        assert!(st.success(), "signal {sig}: exit {st:?}\n{}", s.stderr());
+    }
+}
+
+#[test]
+fn ipv4_only_listener() {
+    let port = free_port().to_string();
+    let out = captive(
+        &["-4", "-p", &port, "null", "1M"],
+        &format!("nbdinfo --size nbd://127.0.0.1:{port}"),
+    );
+    assert_eq!(out.trim(), "1048576");
+}
+
+#[test]
+fn ipv6_only_listener() {
+    let port = free_port().to_string();
+    let out = captive(
+        &["-6", "-p", &port, "null", "1M"],
+        &format!("nbdinfo --size 'nbd://[::1]:{port}'"),
+    );
+    assert_eq!(out.trim(), "1048576");
+}
+
+#[test]
+fn threads_one_serial() {
+    let s = Server::start(&["-t", "1", "memory", "1M"]);
+    let script = "for i in range(50):\n    h.aio_pwrite(bytes([i]) * 4096, i * 4096)\n\
+                  while h.aio_in_flight() > 0:\n    h.poll(-1)\n\
+                  assert all(h.pread(4096, i * 4096) == bytes([i]) * 4096 for i in range(50))\n\
+                  print('ok')\n";
+    assert_eq!(python(&s.uri(), script, &[]).trim(), "ok");
+}
+
+/// `--no-mc` (≥ 1.38): no meta contexts, so no block status.
+#[test]
+fn no_meta_contexts() {
+    let s = Server::start(&["--no-mc", "memory", "1M"]);
+    let script = r#"
+h2 = nbd.NBD()
+h2.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h2.connect_uri(sys.argv[1])
+print(h2.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), h2.get_structured_replies_negotiated())
+"#;
+    assert_eq!(python(&s.uri(), script, &[]).trim(), "False True");
+}

@@ -1,0 +1,12 @@
+//! Integration tests for the nbdkit binary: one test binary, many modules.
+//! Run against another binary with `NBDKIT_TEST_BINARY=/usr/bin/nbdkit`.
+
+mod harness;
+
+mod captive;
+mod cli;
+mod clients;
+mod file;
+mod memory;
+mod null;
+mod protocol;

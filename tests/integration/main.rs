@@ -6,6 +6,7 @@ mod harness;
 mod captive;
 mod cli;
 mod clients;
+mod concurrency;
 mod file;
 mod memory;
 mod null;

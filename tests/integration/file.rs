@@ -283,3 +283,65 @@ except nbd.Error:
     assert_eq!(data.len(), 513);
     assert_eq!(&data[510..], b"xyz");
 }
+
+/// A loop device attached for the length of a test, detached on drop.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(image: &Path) -> LoopDevice {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed (the block-device test needs root and /dev/loop*): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// The file plugin serves a block device: exact size, writes land on the
+/// device, write-zeroes and trim read back as zero.
+#[test]
+fn block_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("blk.img");
+    std::fs::write(&image, vec![0xaau8; 8 << 20]).unwrap();
+    let dev = LoopDevice::attach(&image);
+    let s = Server::start(&["file", &dev.0]);
+    assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "8388608");
+    let out = qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x33 4096 1M",
+        "-c",
+        "read -P 0x33 4096 1M",
+        "-c",
+        "write -z 0 4096",
+        "-c",
+        "read -P 0 0 4096",
+        "-c",
+        "discard 2M 1M",
+        "-c",
+        "flush",
+        &s.uri(),
+    ]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    drop(s);
+    let data = std::fs::read(&dev.0).unwrap();
+    assert!(data[..4096].iter().all(|&b| b == 0));
+    assert!(data[4096..4096 + (1 << 20)].iter().all(|&b| b == 0x33));
+    assert!(data[(1 << 20) + 4096..2 << 20].iter().all(|&b| b == 0xaa));
+}

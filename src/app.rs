@@ -7,7 +7,7 @@ use crate::cli::{self, Action, Immediate, Options, TlsMode, UnixSocket};
 use crate::error::{Error, Result};
 use crate::layers::Chain;
 use crate::protocol::consts::{NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES};
-use crate::server::captive::{self, RunVars};
+use crate::server::captive::{self, Role, RunVars};
 use crate::server::listen::{self, Listener, PrivateDir};
 use crate::server::negotiate::HandshakeConfig;
 use crate::server::uri::{make_uri, shell_quote, Endpoint};
@@ -106,6 +106,7 @@ where
     let uri = make_uri(&endpoint, &opts.exportname);
     log::debug(format!("NBD URI: {uri}"));
 
+    let mut ready = None;
     if let Some(command) = &opts.run {
         let vars = RunVars {
             uri: uri.clone(),
@@ -119,17 +120,15 @@ where
                 _ => String::new(),
             },
         };
-        // SAFETY: no thread has been started yet (plugins start theirs in
-        // after_fork), so the child may continue running Rust code.
-        match unsafe { nix::unistd::fork() }.map_err(|e| Error::os(e, "fork"))? {
-            nix::unistd::ForkResult::Parent { child } => {
+        // No thread has been started yet (plugins start theirs in after_fork).
+        match captive::fork()? {
+            Role::Supervisor { server, ready } => {
                 drop(listeners);
-                ignore_interactive_signals();
-                let rc = captive::supervise(child, &vars, command);
+                let rc = captive::supervise(server, ready, &vars, command);
                 drop(private_dir);
                 return Ok(rc);
             }
-            nix::unistd::ForkResult::Child => {}
+            Role::Server(r) => ready = Some(r),
         }
     }
 
@@ -141,6 +140,9 @@ where
     stack.after_fork()?;
     if let Some(pidfile) = &opts.pidfile {
         write_pidfile(pidfile)?;
+    }
+    if let Some(ready) = ready {
+        ready.signal();
     }
 
     let handshake_flags = (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
@@ -160,6 +162,7 @@ where
         } else {
             opts.threads
         },
+        keepalive: opts.keepalive,
         stack,
     });
     let result = crate::server::serve(server.clone(), listeners);
@@ -467,16 +470,6 @@ fn print_uri(uri: &str) -> Result<()> {
         "{uri}\nShell-quoted URI: {quoted}\nCommand to query the NBD endpoint:\n  nbdinfo {quoted}\n"
     ))
     .map(|_| ())
-}
-
-/// While the supervisor waits for the command, keyboard signals are the
-/// command's business (as with `system(3)`).
-fn ignore_interactive_signals() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
-        // SAFETY: SIG_IGN installs no handler code.
-        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
-    }
 }
 
 /// Point stdin and stdout at /dev/null: the server must not read from or

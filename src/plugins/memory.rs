@@ -166,6 +166,10 @@ impl Plugin for MemoryPlugin {
         self.storage().map(drop)
     }
 
+    fn after_fork(&self) -> Result<()> {
+        self.storage()?.after_fork()
+    }
+
     fn open(&self, _readonly: bool, _export_name: &str, _is_tls: bool) -> Result<Box<dyn Handle>> {
         Ok(Box::new(MemoryHandle {
             size: self.size.unwrap_or(0),

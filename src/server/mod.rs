@@ -35,6 +35,8 @@ pub struct Server {
     pub thread_model: ThreadModel,
     /// Workers per connection for parallel plugins (`-t`).
     pub threads: usize,
+    /// Set SO_KEEPALIVE on accepted TCP connections (`--keepalive`).
+    pub keepalive: bool,
 }
 
 /// The live connections, so shutdown can wake and wait for them.
@@ -137,7 +139,13 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
         Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
     };
     let set_blocking = match &stream {
-        Stream::Tcp(s) => s.set_nonblocking(false),
+        Stream::Tcp(s) => s.set_nonblocking(false).and_then(|()| {
+            if server.keepalive {
+                socket2::SockRef::from(s).set_keepalive(true)
+            } else {
+                Ok(())
+            }
+        }),
         Stream::Unix(s) => s.set_nonblocking(false),
     };
     let (fd, halves) = match (fd, set_blocking.and_then(|()| connection::split(stream))) {

@@ -261,17 +261,13 @@ impl Negotiation<'_> {
                                     )?;
                                 }
                             }
+                            // Like nbdkit, only when the layers state constraints.
                             NBD_INFO_BLOCK_SIZE => {
-                                let (min, pref, max) = match export.block_size() {
-                                    Ok(Some(b)) => (b.minimum, b.preferred, b.maximum),
-                                    _ => (1, 4096, 0xffff_ffff),
-                                };
-                                self.reply(
-                                    w,
-                                    option,
-                                    NBD_REP_INFO,
-                                    &info_block_size_payload(min, pref, max),
-                                )?;
+                                if let Ok(Some(b)) = export.block_size() {
+                                    let p =
+                                        info_block_size_payload(b.minimum, b.preferred, b.maximum);
+                                    self.reply(w, option, NBD_REP_INFO, &p)?;
+                                }
                             }
                             _ => {}
                         }

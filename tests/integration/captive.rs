@@ -1,6 +1,7 @@
 //! Captive mode basics (`--run`).
 
 use crate::harness::*;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 /// Parse `key=value` lines printed by a --run script.
@@ -244,4 +245,68 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
+}
+
+/// The pidfile is in place, naming the live server, before COMMAND starts.
+#[test]
+fn pidfile_written_before_command_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let p = pidfile.to_str().unwrap();
+    let script = format!(
+        "pid=$(cat '{p}' 2>/dev/null || echo none); echo \"$pid\"; \
+         kill -0 \"$pid\" && echo alive; [ \"$pid\" != $PPID ] && echo not-supervisor"
+    );
+    let out = captive(&["-P", p, "memory", "1M"], &script);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].parse::<u32>().is_ok(), "{out}");
+    assert_eq!(&lines[1..], ["alive", "not-supervisor"], "{out}");
+}
+
+/// If the supervising process is killed, the server does not linger.
+#[test]
+fn server_exits_when_supervisor_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let o = run(&[
+        "-P",
+        pidfile.to_str().unwrap(),
+        "null",
+        "--run",
+        "kill -9 $PPID; sleep 1",
+    ]);
+    assert_eq!(o.status.signal(), Some(9));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let start = std::time::Instant::now();
+    // SAFETY: kill(pid, 0) only checks for existence.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "server {pid} outlived its supervisor"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `allocator=malloc,mlock=true` locks the disk in the serving process.
+#[test]
+fn mlock_applies_to_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let p = pidfile.to_str().unwrap();
+    let out = captive(
+        &["-P", p, "memory", "8M", "allocator=malloc,mlock=true"],
+        &format!("grep VmLck /proc/$(cat '{p}')/status"),
+    );
+    let kb: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(kb >= 8192, "{out}");
 }

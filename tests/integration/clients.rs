@@ -185,3 +185,36 @@ fn server_exits_cleanly_after_clients() {
     assert!(s.is_running());
     s.stop_ok();
 }
+
+/// `--keepalive` sets SO_KEEPALIVE on accepted TCP connections (and only
+/// then), as `ss -o` shows while a client is connected.
+#[test]
+fn keepalive_on_tcp_connections() {
+    for (flag, want) in [(Some("--keepalive"), "1"), (None, "0")] {
+        let mut args = vec![];
+        args.extend(flag);
+        args.extend(["null", "1M"]);
+        let s = Server::start_tcp(&args);
+        let port = s.port.unwrap();
+        let script = format!(
+            "import subprocess, time\n\
+             out = ''\n\
+             for _ in range(100):\n    \
+                 out = subprocess.run(['ss', '-tnoe', 'state', 'established', '( sport = :{port} )'], capture_output=True, text=True).stdout\n    \
+                 if ':{port}' in out: break\n    \
+                 time.sleep(0.05)\n\
+             print(out.count('keepalive'))\n"
+        );
+        assert_eq!(python(&s.uri(), &script, &[]).trim(), want, "{flag:?}");
+    }
+}
+
+/// Without block-size constraints from the plugin, no NBD_INFO_BLOCK_SIZE
+/// is sent (as nbdkit); memory states its constraints.
+#[test]
+fn block_size_only_when_the_plugin_has_one() {
+    let null = captive(&["null", "1M"], "nbdinfo \"$uri\"");
+    assert!(!null.contains("block_size_minimum"), "{null}");
+    let mem = captive(&["memory", "1M"], "nbdinfo \"$uri\"");
+    assert!(mem.contains("block_size_preferred: 32768"), "{mem}");
+}

@@ -30,6 +30,12 @@ pub trait Allocator: Send + Sync {
 
     /// Describe allocation over the window of `extents`.
     fn extents(&self, extents: &mut Extents) -> Result<()>;
+
+    /// Called once in the serving process before any connection (for work
+    /// that a fork would undo, such as locking pages in RAM).
+    fn after_fork(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Split `[offset, offset+len)` into page-sized pieces:

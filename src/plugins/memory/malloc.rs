@@ -19,6 +19,7 @@ const CHUNK: u64 = 1 << 20;
 pub struct Malloc {
     size: u64,
     chunks: Vec<RwLock<Vec<u8>>>,
+    mlock: bool,
 }
 
 fn enomem(what: &str) -> Error {
@@ -26,8 +27,9 @@ fn enomem(what: &str) -> Error {
 }
 
 impl Malloc {
-    /// Allocate (and zero) a disk of `size` bytes; lock it in RAM if
-    /// `mlock`.
+    /// Allocate (and zero) a disk of `size` bytes; with `mlock` it is
+    /// locked in RAM by [`Allocator::after_fork`], in the serving process
+    /// (memory locks are not inherited across fork).
     pub fn new(size: u64, mlock: bool) -> Result<Self> {
         let n = usize::try_from(size.div_ceil(CHUNK)).map_err(|_| enomem("disk too large"))?;
         let mut chunks = Vec::new();
@@ -40,17 +42,13 @@ impl Malloc {
             v.try_reserve_exact(len)
                 .map_err(|_| enomem("cannot allocate disk"))?;
             v.resize(len, 0);
-            if mlock && len > 0 {
-                let ptr = NonNull::new(v.as_mut_ptr().cast::<c_void>())
-                    .ok_or_else(|| enomem("null buffer"))?;
-                // SAFETY: `ptr` points to `len` initialised bytes owned by `v`;
-                // mlock only changes the residency of those pages, and `v`
-                // is never resized afterwards, so the range stays valid.
-                unsafe { nix::sys::mman::mlock(ptr, len) }.map_err(|e| Error::os(e, "mlock"))?;
-            }
             chunks.push(RwLock::new(v));
         }
-        Ok(Malloc { size, chunks })
+        Ok(Malloc {
+            size,
+            chunks,
+            mlock,
+        })
     }
 
     /// Visit `[offset, offset+len)` chunk by chunk:
@@ -80,6 +78,23 @@ impl Malloc {
 impl Allocator for Malloc {
     fn name(&self) -> &'static str {
         "malloc"
+    }
+
+    fn after_fork(&self) -> Result<()> {
+        if !self.mlock {
+            return Ok(());
+        }
+        for chunk in &self.chunks {
+            let v = rd(chunk);
+            let Some(ptr) = NonNull::new(v.as_ptr().cast_mut().cast::<c_void>()) else {
+                continue;
+            };
+            // SAFETY: `ptr` points to `v.len()` initialised bytes owned by the
+            // chunk, which is never resized; mlock only changes the residency
+            // of those pages, it reads and writes nothing.
+            unsafe { nix::sys::mman::mlock(ptr, v.len()) }.map_err(|e| Error::os(e, "mlock"))?;
+        }
+        Ok(())
     }
 
     fn preferred_block_size(&self) -> u32 {

@@ -363,7 +363,9 @@ fn plugin_handles_share_storage_and_capabilities() {
 fn malloc_mlock_small() {
     // mlock may be refused by RLIMIT_MEMLOCK; either way it must not panic,
     // and a failure must be an error.
-    match configured(&[("size", "10240"), ("allocator", "malloc,mlock=true")]) {
+    match configured(&[("size", "10240"), ("allocator", "malloc,mlock=true")])
+        .and_then(|p| p.after_fork().map(|()| p))
+    {
         Ok(p) => {
             let h = p.open(false, "", false).unwrap();
             h.pwrite(&[5; 1024], 10240 - 1024, false).unwrap();

@@ -7,7 +7,8 @@ use crate::cli::{self, Action, Immediate, Options, TlsMode, UnixSocket};
 use crate::error::{Error, Result};
 use crate::layers::Chain;
 use crate::protocol::consts::{NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES};
-use crate::server::captive::{self, Role, RunVars};
+use crate::server::captive::{self, RunVars};
+use crate::server::fork::{self, Role};
 use crate::server::listen::{self, Listener, PrivateDir};
 use crate::server::negotiate::HandshakeConfig;
 use crate::server::uri::{make_uri, shell_quote, Endpoint};
@@ -106,35 +107,42 @@ where
     let uri = make_uri(&endpoint, &opts.exportname);
     log::debug(format!("NBD URI: {uri}"));
 
+    if opts.print_uri {
+        print_uri(&uri)?;
+    }
+
+    // Fork off the server for --run (the parent supervises COMMAND) or to go
+    // into the background (the parent exits).  No thread exists yet: plugins
+    // start theirs in after_fork.
+    let background = !(opts.foreground || opts.run.is_some() || opts.exit_with_parent);
     let mut ready = None;
-    if let Some(command) = &opts.run {
-        let vars = RunVars {
-            uri: uri.clone(),
-            exportname: opts.exportname.clone(),
-            port: match endpoint {
-                Endpoint::Tcp(Some(p)) => p.to_string(),
-                _ => String::new(),
-            },
-            unixsocket: match &endpoint {
-                Endpoint::Unix(p) => p.clone(),
-                _ => String::new(),
-            },
-        };
-        // No thread has been started yet (plugins start theirs in after_fork).
-        match captive::fork()? {
-            Role::Supervisor { server, ready } => {
+    if opts.run.is_some() || background {
+        match fork::fork(opts.run.is_some())? {
+            Role::Parent { server, ready } => {
                 drop(listeners);
-                let rc = captive::supervise(server, ready, &vars, command);
-                drop(private_dir);
+                let rc = match &opts.run {
+                    Some(command) => {
+                        let vars = run_vars(&opts, &endpoint, &uri);
+                        let rc = captive::supervise(server, ready, &vars, command);
+                        drop(private_dir);
+                        rc
+                    }
+                    None => {
+                        // The daemon owns the private socket directory now.
+                        std::mem::forget(private_dir);
+                        fork::wait_ready(server, ready).err().unwrap_or(0)
+                    }
+                };
                 return Ok(rc);
             }
             Role::Server(r) => ready = Some(r),
         }
+        if background {
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+        }
     }
 
-    if opts.print_uri {
-        print_uri(&uri)?;
-    }
     quit::install_signal_handlers()?;
     redirect_stdio_to_null()?;
     stack.after_fork()?;
@@ -143,6 +151,11 @@ where
     }
     if let Some(ready) = ready {
         ready.signal();
+        // A daemon's errors were visible until now; afterwards stderr goes
+        // to /dev/null unless -v keeps it for debug messages.
+        if background && !opts.verbose {
+            redirect_stderr_to_null()?;
+        }
     }
 
     let handshake_flags = (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
@@ -470,6 +483,30 @@ fn print_uri(uri: &str) -> Result<()> {
         "{uri}\nShell-quoted URI: {quoted}\nCommand to query the NBD endpoint:\n  nbdinfo {quoted}\n"
     ))
     .map(|_| ())
+}
+
+/// The values `--run` gives COMMAND.
+fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str) -> RunVars {
+    RunVars {
+        uri: uri.to_string(),
+        exportname: o.exportname.clone(),
+        port: match endpoint {
+            Endpoint::Tcp(Some(p)) => p.to_string(),
+            _ => String::new(),
+        },
+        unixsocket: match endpoint {
+            Endpoint::Unix(p) => p.clone(),
+            _ => String::new(),
+        },
+    }
+}
+
+fn redirect_stderr_to_null() -> Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io(e, "/dev/null"))?;
+    nix::unistd::dup2_stderr(&null).map_err(|e| Error::os(e, "dup2"))
 }
 
 /// Point stdin and stdout at /dev/null: the server must not read from or

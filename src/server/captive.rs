@@ -9,7 +9,7 @@
 //! status (or 128+N when a signal killed COMMAND or the server).  The server
 //! gets SIGTERM if the supervisor dies, so it is never left behind.
 
-use crate::error::{Error, Result};
+use crate::server::fork;
 use crate::server::uri::shell_quote;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -18,73 +18,13 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-/// Which side of the fork this process is on.
-pub enum Role {
-    /// The server: call [`Ready::signal`] once it is ready to serve.
-    Server(Ready),
-    /// The supervisor: pass both to [`supervise`].
-    Supervisor { server: Pid, ready: OwnedFd },
-}
-
-/// The server's end of the readiness pipe.
-pub struct Ready(OwnedFd);
-
-impl Ready {
-    /// Tell the supervisor the server is ready (it may start COMMAND).
-    pub fn signal(self) {
-        let _ = nix::unistd::write(&self.0, &[1]);
-    }
-}
-
-/// Fork into supervisor and server.  Call before any thread exists.
-pub fn fork() -> Result<Role> {
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::os(e, "pipe2"))?;
-    let supervisor = nix::unistd::getpid();
-    // SAFETY: the caller guarantees no other thread exists, so the child may
-    // go on running arbitrary code.
-    match unsafe { nix::unistd::fork() }.map_err(|e| Error::os(e, "fork"))? {
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(w);
-            ignore_interactive_signals();
-            Ok(Role::Supervisor {
-                server: child,
-                ready: r,
-            })
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(r);
-            nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM))
-                .map_err(|e| Error::os(e, "prctl: PR_SET_PDEATHSIG"))?;
-            if nix::unistd::getppid() != supervisor {
-                return Err(Error::config(
-                    "the --run supervisor exited before the server started",
-                ));
-            }
-            Ok(Role::Server(Ready(w)))
-        }
-    }
-}
-
 /// While the supervisor waits for the command, keyboard signals are the
 /// command's business (as with `system(3)`).
-fn ignore_interactive_signals() {
+pub fn ignore_interactive_signals() {
     use nix::sys::signal::{signal, SigHandler};
     for sig in [Signal::SIGINT, Signal::SIGQUIT] {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
-    }
-}
-
-/// The exit status for a server that ended (`status`) on its own.
-fn server_status(status: WaitStatus) -> Option<i32> {
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => {
-            eprintln!("nbdkit: nbdkit command was killed by signal {}", sig as i32);
-            Some(128 + sig as i32)
-        }
-        _ => None,
     }
 }
 
@@ -113,15 +53,9 @@ pub fn script(vars: &RunVars, command: &str) -> String {
 /// Wait for the server to be ready, run COMMAND while it serves, then stop
 /// it; return the exit status nbdkit should exit with.
 pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> i32 {
-    let mut byte = [0u8; 1];
-    let became_ready = matches!(nix::unistd::read(&ready, &mut byte), Ok(1));
-    drop(ready);
-    if !became_ready {
-        // The server failed to start (it has printed why).
-        return waitpid(server, None)
-            .ok()
-            .and_then(server_status)
-            .unwrap_or(1);
+    ignore_interactive_signals();
+    if let Err(rc) = fork::wait_ready(server, ready) {
+        return rc;
     }
     let mut rc = match Command::new("/bin/sh")
         .arg("-c")
@@ -146,8 +80,10 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
             let _ = kill(server, Signal::SIGTERM);
             let _ = waitpid(server, None);
         }
-        Ok(status @ WaitStatus::Exited(..)) if rc == 0 => rc = server_status(status).unwrap_or(rc),
-        Ok(status @ WaitStatus::Signaled(..)) => rc = server_status(status).unwrap_or(rc),
+        Ok(status @ WaitStatus::Exited(..)) if rc == 0 => {
+            rc = fork::exit_status(status).unwrap_or(rc)
+        }
+        Ok(status @ WaitStatus::Signaled(..)) => rc = fork::exit_status(status).unwrap_or(rc),
         _ => {}
     }
     rc

@@ -7,11 +7,13 @@
 //! - [`export`]: an opened export and its cached capabilities;
 //! - [`transmission`]: requests and replies, with parallel workers;
 //! - [`quit`]: the single shutdown mechanism;
+//! - [`fork`]: forking the serving process off with a readiness pipe;
 //! - [`captive`], [`uri`]: `--run` and the server's URI.
 
 pub mod captive;
 pub mod connection;
 pub mod export;
+pub mod fork;
 pub mod listen;
 pub mod negotiate;
 pub mod quit;

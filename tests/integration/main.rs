@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod concurrency;
 mod file;
+mod lifecycle;
 mod memory;
 mod null;
 mod protocol;

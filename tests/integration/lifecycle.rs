@@ -1,0 +1,168 @@
+//! Running in the background: the launcher returns once the daemon is
+//! ready (pidfile written), the daemon serves, detaches from the caller's
+//! stdio, and stops cleanly on SIGTERM.
+
+use crate::harness::*;
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Is `pid` a live process?  A zombie counts as gone: in some sandboxes
+/// PID 1 reaps orphans late.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn read_pid(p: &Path) -> i32 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("pidfile {}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("pidfile holds a number")
+}
+
+/// Send SIGTERM and wait for the process to go.
+fn terminate(pid: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(start.elapsed() < TIMEOUT, "daemon {pid} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn backgrounds_and_pidfile_is_ready_when_launcher_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let mut launcher = nbdkit()
+        .args([
+            "-U",
+            sock.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+            "memory",
+            "1M",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let launcher_pid = launcher.id() as i32;
+    // The daemon must not keep the caller's stdout/stderr open: reading
+    // them to the end finishes once the launcher has exited.
+    let mut out = Vec::new();
+    launcher
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    launcher
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    let status = launcher.wait().unwrap();
+    assert!(
+        status.success(),
+        "launcher exited {status:?}: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // No waiting: the pidfile exists as soon as the launcher has returned.
+    let pid = read_pid(&pidfile);
+    assert_ne!(pid, launcher_pid);
+    assert!(alive(pid));
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    assert_eq!(nbdinfo(&["--size", &uri]).trim(), "1048576");
+    terminate(pid);
+}
+
+#[test]
+fn background_private_socket_lives_as_long_as_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let o = run(&[
+        "-U",
+        "-",
+        "-P",
+        pidfile.to_str().unwrap(),
+        "--print-uri",
+        "null",
+        "1M",
+    ]);
+    assert_success(&o, "nbdkit -U - in the background");
+    let uri = stdout_str(&o).lines().next().unwrap().to_string();
+    let socket = uri.split("socket=").nth(1).unwrap().to_string();
+    assert!(
+        Path::new(&socket).exists(),
+        "{socket} missing while the daemon runs"
+    );
+    assert_eq!(nbdinfo(&["--size", &uri]).trim(), "1048576");
+    terminate(read_pid(&pidfile));
+    assert!(
+        !Path::new(&socket).parent().unwrap().exists(),
+        "private directory left behind"
+    );
+}
+
+/// `-v` keeps stderr (debug messages) after backgrounding.
+#[test]
+fn verbose_daemon_keeps_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let errfile = dir.path().join("err");
+    let status = nbdkit()
+        .args([
+            "-v",
+            "-U",
+            sock.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+            "null",
+        ])
+        .stderr(std::fs::File::create(&errfile).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = read_pid(&pidfile);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    nbdinfo(&["--size", &uri]);
+    terminate(pid);
+    let err = std::fs::read_to_string(&errfile).unwrap();
+    assert!(err.contains("accepted connection"), "{err}");
+}
+
+/// `--exit-with-parent` implies staying in the foreground: the pidfile
+/// names the process we started.
+#[test]
+fn exit_with_parent_does_not_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let mut child = nbdkit()
+        .args(["--exit-with-parent", "-U", sock.to_str().unwrap()])
+        .args(["-P", pidfile.to_str().unwrap(), "null"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !pidfile.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "nbdkit exited early");
+        assert!(start.elapsed() < TIMEOUT, "no pidfile");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read_pid(&pidfile), child.id() as i32);
+    kill_group(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}

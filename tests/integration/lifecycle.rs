@@ -166,3 +166,41 @@ fn exit_with_parent_does_not_fork() {
     kill_group(child.id(), libc::SIGTERM);
     assert!(child.wait().unwrap().success());
 }
+
+/// Each quit signal stops the server cleanly (exit 0) even while a libnbd
+/// client sits connected and idle: the server does not wait for it.
+#[test]
+fn quit_signals_with_an_idle_client_connected() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        let mut s = Server::start(&["memory", "1M"]);
+        let uri = s.uri();
+        // The client connects, reports, then idles for far longer than the
+        // test waits; it is killed when the test ends.
+        let mut client = client("/usr/bin/python3")
+            .args([
+                "-c",
+                "import nbd, sys, time\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint('connected', flush=True)\ntime.sleep(600)\n",
+                &uri,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 10];
+        client.stdout.take().unwrap().read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"connected\n");
+        kill_group(s.pid(), sig);
+        // Wait for this signal alone to stop it (stop() would add SIGTERM).
+        let start = Instant::now();
+        while s.is_running() {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "signal {sig} did not stop the server"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = s.stop();
+        let _ = client.kill();
+        let _ = client.wait();
+        assert!(status.success(), "signal {sig}: {status:?}\n{}", s.stderr());
+    }
+}

@@ -501,25 +501,24 @@ fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str) -> RunVars {
     }
 }
 
-fn redirect_stderr_to_null() -> Result<()> {
-    let null = std::fs::OpenOptions::new()
+fn dev_null() -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| Error::io(e, "/dev/null"))?;
-    nix::unistd::dup2_stderr(&null).map_err(|e| Error::os(e, "dup2"))
+        .map_err(|e| Error::io(e, "/dev/null"))
+}
+
+fn redirect_stderr_to_null() -> Result<()> {
+    nix::unistd::dup2_stderr(dev_null()?).map_err(|e| Error::os(e, "dup2"))
 }
 
 /// Point stdin and stdout at /dev/null: the server must not read from or
 /// write to the terminal or pipe it was started from.
 fn redirect_stdio_to_null() -> Result<()> {
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Error::io(e, "/dev/null"))?;
+    let null = dev_null()?;
     nix::unistd::dup2_stdin(&null).map_err(|e| Error::os(e, "dup2"))?;
-    nix::unistd::dup2_stdout(&null).map_err(|e| Error::os(e, "dup2"))?;
-    Ok(())
+    nix::unistd::dup2_stdout(&null).map_err(|e| Error::os(e, "dup2"))
 }
 
 /// Write the pidfile atomically (temporary file, then rename), so a reader

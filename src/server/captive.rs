@@ -20,7 +20,7 @@ use std::process::Command;
 
 /// While the supervisor waits for the command, keyboard signals are the
 /// command's business (as with `system(3)`).
-pub fn ignore_interactive_signals() {
+fn ignore_interactive_signals() {
     use nix::sys::signal::{signal, SigHandler};
     for sig in [Signal::SIGINT, Signal::SIGQUIT] {
         // SAFETY: SIG_IGN installs no handler code.

@@ -5,7 +5,7 @@ use crate::plugin::ThreadModel;
 use crate::server::listen::Stream;
 use crate::server::negotiate::{negotiate, Negotiated};
 use crate::server::transmission::{self, Reader, Session, Writer, READ_BUFFER};
-use crate::server::Server;
+use crate::server::{hold, lock, Server};
 use std::io::{self, BufReader, Read, Write};
 use std::sync::Mutex;
 
@@ -26,8 +26,7 @@ pub fn split(stream: Stream) -> io::Result<(Reader, Writer)> {
 /// Serve one connection to the end.
 pub fn handle(server: &Server, reader: Reader, writer: Writer) {
     let model = server.thread_model;
-    let _conn_guard = (model == ThreadModel::SerializeConnections)
-        .then(|| CONNECTION_LOCK.lock().unwrap_or_else(|p| p.into_inner()));
+    let _conn_guard = (model == ThreadModel::SerializeConnections).then(|| lock(&CONNECTION_LOCK));
     let request_lock = (model <= ThreadModel::SerializeAllRequests).then_some(&REQUEST_LOCK);
     let (mut reader, mut writer) = (reader, writer);
     let negotiated = negotiate(
@@ -59,7 +58,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer) {
                 request_lock,
             };
             transmission::serve(&session, reader, writer);
-            let _g = request_lock.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+            let _g = hold(request_lock);
             drop(export);
         }
         Ok(None) => crate::log::debug("client closed the connection during the handshake"),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use nix::errno::Errno;
 use socket2::{Domain, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,27 @@ pub enum Listener {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    /// Make an accepted stream ready for its connection thread (blocking,
+    /// `SO_KEEPALIVE` on TCP if asked) and return a duplicate of its fd, by
+    /// which shutdown can stop reading from it.
+    pub fn prepare(&self, keepalive: bool) -> std::io::Result<OwnedFd> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                if keepalive {
+                    socket2::SockRef::from(s).set_keepalive(true)?;
+                }
+                s.as_fd().try_clone_to_owned()
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.as_fd().try_clone_to_owned()
+            }
+        }
+    }
 }
 
 impl Listener {

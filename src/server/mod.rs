@@ -26,9 +26,20 @@ use crate::plugin::ThreadModel;
 use listen::{Listener, Stream};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Lock `m`, carrying on if a thread panicked while holding it (the data
+/// guarded here stays consistent: maps of fds, or `()` for serialization).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hold the thread model's request lock, if there is one.
+pub fn hold(request_lock: Option<&Mutex<()>>) -> Option<MutexGuard<'_, ()>> {
+    request_lock.map(lock)
+}
 
 /// Everything connections share.
 pub struct Server {
@@ -50,14 +61,11 @@ struct Registry {
 
 impl Registry {
     fn add(&self, id: u64, fd: OwnedFd) {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, fd);
+        lock(&self.live).insert(id, fd);
     }
 
     fn remove(&self, id: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.live);
         live.remove(&id);
         if live.is_empty() {
             self.idle.notify_all();
@@ -67,7 +75,7 @@ impl Registry {
     /// Stop reading from every connection: clients waiting between requests
     /// see their connection closed once in-flight requests are answered.
     fn shut_down_all(&self) {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let live = lock(&self.live);
         for fd in live.values() {
             let _ = nix::sys::socket::shutdown(
                 std::os::fd::AsRawFd::as_raw_fd(fd),
@@ -77,7 +85,7 @@ impl Registry {
     }
 
     fn wait_idle(&self) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.live);
         while !live.is_empty() {
             live = self.idle.wait(live).unwrap_or_else(|p| p.into_inner());
         }
@@ -136,23 +144,12 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
 }
 
 fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, stream: Stream) {
-    let fd = match &stream {
-        Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
-        Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
-    };
-    let set_blocking = match &stream {
-        Stream::Tcp(s) => s.set_nonblocking(false).and_then(|()| {
-            if server.keepalive {
-                socket2::SockRef::from(s).set_keepalive(true)
-            } else {
-                Ok(())
-            }
-        }),
-        Stream::Unix(s) => s.set_nonblocking(false),
-    };
-    let (fd, halves) = match (fd, set_blocking.and_then(|()| connection::split(stream))) {
-        (Ok(fd), Ok(h)) => (fd, h),
-        (Err(e), _) | (_, Err(e)) => {
+    let prepared = stream
+        .prepare(server.keepalive)
+        .and_then(|fd| Ok((fd, connection::split(stream)?)));
+    let (fd, halves) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
             crate::log::error(format!("connection {id}: {e}"));
             return;
         }

@@ -13,7 +13,8 @@ use crate::protocol::consts::*;
 use crate::protocol::handshake::*;
 use crate::protocol::transmission::ReplyStyle;
 use crate::server::export::Export;
-use crate::server::transmission::{Reader, Writer};
+use crate::server::hold;
+use crate::server::transmission::{read_exact_or_eof, Reader, Writer};
 use std::io::{Read, Write};
 use std::sync::Mutex;
 
@@ -53,10 +54,9 @@ pub fn negotiate(
     w: &mut Writer,
 ) -> Result<Option<Negotiated>> {
     let io = |e: std::io::Error| Error::io(e, "handshake");
-    let locked = || lock.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
     if cfg.oldstyle {
         let export = {
-            let _g = locked();
+            let _g = hold(lock);
             let name = backend.default_export(cfg.readonly, false)?;
             Export::open(backend, &name, cfg.readonly, cfg.thread_model)?
         };
@@ -74,7 +74,7 @@ pub fn negotiate(
         .map_err(io)?;
     w.flush().map_err(io)?;
     let mut cflags = [0u8; 4];
-    if !read_or_eof(r, &mut cflags).map_err(io)? {
+    if !read_exact_or_eof(r, &mut cflags).map_err(io)? {
         return Ok(None);
     }
     let cflags = parse_client_flags(cflags);
@@ -97,21 +97,6 @@ pub fn negotiate(
         info_export: None,
     };
     n.run(r, w)
-}
-
-/// Fill `buf`; `Ok(false)` on EOF before the first byte.
-fn read_or_eof(r: &mut Reader, buf: &mut [u8]) -> std::io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(k) => got += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 struct Negotiation<'a> {
@@ -140,7 +125,7 @@ impl Negotiation<'_> {
             }
             budget -= 1;
             let mut hdr = [0u8; 16];
-            if !read_or_eof(r, &mut hdr).map_err(io)? {
+            if !read_exact_or_eof(r, &mut hdr).map_err(io)? {
                 return Ok(None);
             }
             let OptionHeader { option, length } =
@@ -203,7 +188,7 @@ impl Negotiation<'_> {
                     }
                     self.listed = true;
                     let list = {
-                        let _g = self.locked();
+                        let _g = hold(self.lock);
                         self.backend.list_exports(self.cfg.readonly, false)
                     };
                     match list {
@@ -363,14 +348,9 @@ impl Negotiation<'_> {
         }
     }
 
-    fn locked(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        self.lock
-            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Resolve `""` to the default export and open it.
     fn open(&self, requested: &str) -> Result<Export> {
-        let _g = self.locked();
+        let _g = hold(self.lock);
         let name = if requested.is_empty() {
             self.backend.default_export(self.cfg.readonly, false)?
         } else {

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -79,15 +79,6 @@ pub fn requested() -> bool {
 /// The read end of the pipe: readable once a stop has been requested.
 pub fn fd() -> BorrowedFd<'static> {
     get().read.as_fd()
-}
-
-/// A duplicate of the pipe's read end, for a thread that polls it.
-pub fn dup_fd() -> Result<OwnedFd> {
-    get()
-        .read
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| Error::io(e, "dup"))
 }
 
 /// Sleep for `d`, waking early if the server is told to stop (nbdkit's

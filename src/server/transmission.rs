@@ -21,7 +21,7 @@ use crate::protocol::transmission::{
     Request, COMPACT_REQUEST_LEN, EXTENDED_REQUEST_LEN,
 };
 use crate::server::export::Export;
-use crate::server::quit;
+use crate::server::{hold, lock, quit};
 use nix::errno::Errno;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +99,7 @@ fn worker(c: &Shared<'_>) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let incoming = {
-            let mut r = c.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = lock(&c.reader);
             if c.closing.load(Ordering::Acquire) {
                 return;
             }
@@ -136,13 +136,11 @@ fn worker(c: &Shared<'_>) {
             }
             None if quit::requested() => Outcome::Error(NBD_ESHUTDOWN),
             None => {
-                let _guard =
-                    c.s.request_lock
-                        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+                let _guard = hold(c.s.request_lock);
                 execute(c.s, &req, &mut buf)
             }
         };
-        let mut w = c.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&c.writer);
         if let Err(e) = send_reply(c.s, &mut **w, &req, outcome, &buf) {
             crate::log::debug(format!("write reply: {e}"));
             c.closing.store(true, Ordering::Release);
@@ -161,10 +159,9 @@ fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Opt
         COMPACT_REQUEST_LEN
     };
     let mut hdr = [0u8; EXTENDED_REQUEST_LEN];
-    if r.fill_buf()?.is_empty() {
+    if !read_exact_or_eof(r, &mut hdr[..len])? {
         return Ok(None);
     }
-    r.read_exact(&mut hdr[..len])?;
     let req = decode_request(&hdr[..len], extended)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     if req.command == NBD_CMD_DISC {
@@ -196,6 +193,16 @@ fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Opt
         refuse = validate(s, &req, has_payload).err();
     }
     Ok(Some(Incoming { req, refuse }))
+}
+
+/// Fill `buf`; `Ok(false)` on a clean EOF before its first byte (the peer
+/// closed between messages), an error on EOF inside it.
+pub fn read_exact_or_eof(r: &mut Reader, buf: &mut [u8]) -> io::Result<bool> {
+    if r.fill_buf()?.is_empty() {
+        return Ok(false);
+    }
+    r.read_exact(buf)?;
+    Ok(true)
 }
 
 /// Read and drop `count` bytes so the stream stays in sync.

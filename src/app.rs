@@ -246,6 +246,7 @@ fn check_conflicts(o: &Options) -> Result<()> {
                 || o.run.is_some()
                 || o.vsock
                 || o.action == Action::DumpPlugin))
+        || (o.run.is_some() && o.action == Action::DumpPlugin)
         || (o.vsock && o.unix.is_some());
     if conflict {
         return Err(Error::config(

@@ -8,24 +8,65 @@
 //! (not exported), waits for it, stops the server and exits with COMMAND's
 //! status (or 128+N when a signal killed COMMAND or the server).  The server
 //! gets SIGTERM if the supervisor dies, so it is never left behind.
+//!
+//! Signals sent to the supervisor while COMMAND runs: SIGINT and SIGQUIT
+//! are ignored, as `system(3)` does (a terminal delivers them to COMMAND
+//! and the server too); SIGTERM and SIGHUP are passed on to the server as
+//! SIGTERM, so it stops cleanly.  COMMAND then sees its connections close,
+//! and nbdkit still waits for COMMAND and exits with its status.  COMMAND
+//! itself starts with default signal handling (nothing ignored).
 
 use crate::server::fork;
 use crate::server::uri::shell_quote;
 use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{sigaction, signal, SaFlags, SigAction, SigHandler, SigSet};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The server's pid, for the signal handler that forwards stop requests.
+static SERVER: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_stop(_: libc::c_int) {
+    let pid = SERVER.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe and touches no memory.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
 
 /// While the supervisor waits for the command, keyboard signals are the
-/// command's business (as with `system(3)`).
-fn ignore_interactive_signals() {
-    use nix::sys::signal::{signal, SigHandler};
+/// command's business (as with `system(3)`); SIGTERM and SIGHUP stop the
+/// server.
+fn set_supervisor_signals(server: Pid) {
+    SERVER.store(server.as_raw(), Ordering::Relaxed);
     for sig in [Signal::SIGINT, Signal::SIGQUIT] {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+    let forward = SigAction::new(
+        SigHandler::Handler(forward_stop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only reads an atomic and calls kill(2), both
+        // async-signal-safe.
+        let _ = unsafe { sigaction(sig, &forward) };
+    }
+}
+
+/// In COMMAND (after fork, before exec): undo the supervisor's ignored
+/// signals, and Rust's ignored SIGPIPE, so COMMAND starts as from a shell.
+fn restore_default_signals() -> std::io::Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGPIPE] {
+        // SAFETY: signal(2) is async-signal-safe; SIG_DFL runs no code.
+        unsafe { signal(sig, SigHandler::SigDfl) }.map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// The values `--run` exposes to COMMAND.
@@ -53,15 +94,16 @@ pub fn script(vars: &RunVars, command: &str) -> String {
 /// Wait for the server to be ready, run COMMAND while it serves, then stop
 /// it; return the exit status nbdkit should exit with.
 pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> i32 {
-    ignore_interactive_signals();
+    set_supervisor_signals(server);
     if let Err(rc) = fork::wait_ready(server, ready) {
         return rc;
     }
-    let mut rc = match Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script(vars, command))
-        .status()
-    {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c").arg(script(vars, command));
+    // SAFETY: the hook runs between fork and exec and only calls signal(2),
+    // which is async-signal-safe; it allocates nothing and takes no locks.
+    unsafe { sh.pre_exec(restore_default_signals) };
+    let mut rc = match sh.status() {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => code,
             (None, Some(sig)) => {

@@ -154,7 +154,14 @@ fn run_implies_private_unix_socket() {
 
 #[test]
 fn run_exit_status_propagates() {
-    for (cmd, code) in [("exit 7", 7), ("true", 0), ("false", 1), ("exit 255", 255)] {
+    for (cmd, code) in [
+        ("exit 7", 7),
+        ("true", 0),
+        ("false", 1),
+        ("exit 255", 255),
+        ("exit 137", 137),
+        ("no-such-command-for-nbdkit-test", 127),
+    ] {
         let o = run(&["-U", "-", "memory", "1M", "--run", cmd]);
         assert_no_panic(&o);
         assert_eq!(
@@ -309,4 +316,158 @@ fn mlock_applies_to_the_server() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(kb >= 8192, "{out}");
+}
+
+/// COMMAND killed by a signal: 128+N, with nbdkit's message.
+#[test]
+fn run_command_killed_by_signal() {
+    let o = run(&["null", "--run", "kill -9 $$"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("external command was killed by signal 9"),
+        "{}",
+        stderr_str(&o)
+    );
+}
+
+/// The server killed by signal N while COMMAND goes on to succeed: 128+N.
+#[test]
+fn run_server_killed_by_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pid");
+    // Wait until the server is a zombie (the supervisor reaps it only after
+    // COMMAND ends), so the supervisor is sure to see how it died.
+    let script = format!(
+        "pid=$(cat '{}'); kill -KILL $pid; \
+         while [ -e /proc/$pid ] && ! grep -q '^[0-9]* (.*) Z' /proc/$pid/stat; do sleep 0.05; done",
+        p.display()
+    );
+    let o = run(&["-P", p.to_str().unwrap(), "null", "--run", &script]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("nbdkit command was killed by signal 9"),
+        "{}",
+        stderr_str(&o)
+    );
+}
+
+/// A 4096-byte export name (the protocol's maximum) that needs
+/// percent-encoding travels through `$exportname` and `$uri` to a client.
+#[test]
+fn run_longest_export_name() {
+    let name = "a b/".repeat(1024);
+    assert_eq!(name.len(), 4096);
+    let out = captive(
+        &["-e", &name, "memory", "1M"],
+        "printf '%s\\n' \"$exportname\"; printf '%s\\n' \"$uri\"; nbdinfo --size \"$uri\"",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], name);
+    let encoded = "a%20b/".repeat(1024);
+    assert!(
+        lines[1].starts_with(&format!("nbd+unix:///{encoded}?socket=/")),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2], "1048576");
+}
+
+/// COMMAND starts with default signal handling, as from a shell: nothing
+/// the supervisor ignores (SIGINT, SIGQUIT) or Rust ignores (SIGPIPE) leaks.
+#[test]
+fn run_command_has_default_signals() {
+    let out = captive(&["null"], "grep '^SigIgn:' /proc/self/status");
+    let mask = u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16)
+        .unwrap_or_else(|e| panic!("{out}: {e}"));
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGPIPE] {
+        assert_eq!(mask & (1 << (sig - 1)), 0, "signal {sig} ignored: {out}");
+    }
+}
+
+/// SIGTERM or SIGHUP to the nbdkit process (the supervisor) stops the
+/// server cleanly; COMMAND sees it go and nbdkit exits with COMMAND's
+/// status.  SIGINT alone is ignored, as system(3) does.
+#[test]
+fn run_supervisor_signals() {
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pid");
+        let gone = dir.path().join("gone");
+        let script = format!(
+            "echo started; \
+             while nbdinfo --size \"$uri\" >/dev/null 2>&1; do \
+               [ -e '{g}' ] && {{ echo still-serving; exit 5; }}; sleep 0.1; \
+             done; echo server-gone; exit 3",
+            g = gone.display()
+        );
+        let mut child = nbdkit()
+            .args(["-P", p.to_str().unwrap(), "memory", "1M", "--run", &script])
+            .env("PATH", client_path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut line = [0u8; 8];
+        std::io::Read::read_exact(&mut stdout, &mut line).unwrap();
+        assert_eq!(&line, b"started\n");
+        let server: i32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        if sig == libc::SIGINT {
+            // Ignored: give it a moment to do harm, then end the loop.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::write(&gone, b"").unwrap();
+        }
+        child.stdout = Some(stdout);
+        let o = wait_output(child, TIMEOUT, "nbdkit --run with a signal");
+        assert_no_panic(&o);
+        let (want_code, want_out) = if sig == libc::SIGINT {
+            (5, "still-serving\n")
+        } else {
+            (3, "server-gone\n")
+        };
+        assert_eq!(
+            (o.status.code(), stdout_str(&o).as_str()),
+            (Some(want_code), want_out),
+            "signal {sig}: {}",
+            stderr_str(&o)
+        );
+        // SAFETY: kill(pid, 0) only checks for existence.
+        assert_ne!(unsafe { libc::kill(server, 0) }, 0, "server {server} left");
+    }
+}
+
+/// When COMMAND ends, nbdkit returns only after the server has gone: no
+/// orphan, no leftover private socket.
+#[test]
+fn run_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pid");
+    let out = captive(
+        &["-P", p.to_str().unwrap(), "memory", "1M"],
+        "echo $unixsocket",
+    );
+    let sock = std::path::PathBuf::from(out.trim());
+    let pid: i32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+    // The supervisor reaped the server before exiting, so it is gone
+    // entirely (not even a zombie).
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "server {pid} outlived nbdkit --run"
+    );
+    assert!(!sock.exists(), "{} left behind", sock.display());
+    assert!(!sock.parent().unwrap().exists(), "private directory left");
+}
+
+/// `--exit-with-parent` is supported here, and says so.
+#[test]
+fn exit_with_parent_is_supported() {
+    let out = run_ok(&["--exit-with-parent", "--version"]);
+    assert!(out.starts_with("nbdkit 1."), "{out}");
+    let out = run_ok(&["--dump-config"]);
+    assert!(out.lines().any(|l| l == "exit_with_parent=yes"), "{out}");
 }

@@ -386,3 +386,21 @@ print(h2.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), h2.get_structured_replie
 "#;
     assert_eq!(python(&s.uri(), script, &[]).trim(), "False True");
 }
+
+/// Options that make no sense together are refused with nbdkit's message.
+#[test]
+fn conflicting_service_options() {
+    for args in [
+        &["-p", "10999", "-U", "-", "null"][..],
+        &["null", "--run", "true", "--dump-plugin"][..],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr_str(&o).trim(),
+            "nbdkit: error: --dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination",
+            "{args:?}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}

@@ -204,3 +204,43 @@ fn quit_signals_with_an_idle_client_connected() {
         assert!(status.success(), "signal {sig}: {status:?}\n{}", s.stderr());
     }
 }
+
+/// A parent that exits takes its `--exit-with-parent` server with it.
+#[test]
+fn exit_with_parent_server_goes_with_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let log = dir.path().join("log");
+    // The parent shell starts nbdkit, waits until it serves, checks a
+    // client gets through, then exits (leaving nbdkit behind but for the
+    // parent-death signal).
+    let script = format!(
+        "'{bin}' --exit-with-parent -U '{s}' -P '{p}' memory 1M 2>'{l}' &\n\
+         while [ ! -s '{p}' ]; do sleep 0.05; done\n\
+         nbdinfo --size 'nbd+unix://?socket={s}'\n",
+        bin = binary().display(),
+        s = sock.display(),
+        p = pidfile.display(),
+        l = log.display(),
+    );
+    let o = run_cmd(
+        std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("PATH", client_path()),
+        TIMEOUT,
+    );
+    assert_success(&o, "parent shell");
+    assert_eq!(stdout_str(&o), "1048576\n");
+    let pid = read_pid(&pidfile);
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "server {pid} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}

@@ -209,36 +209,39 @@ fn exitwhen_event_already_happened_exits_at_once() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr_str(&o));
 }
 
-#[test]
-fn exitwhen_file_created_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("stop").display().to_string();
+/// Serve with exitwhen watching `event` (polling every second while idle),
+/// check that a client is served and the server stays up, `cause` the
+/// event, and expect a clean exit.
+fn exitwhen_idle_event(event: &str, cause: impl FnOnce()) {
     let mut s = Server::start(&[
         "--filter=exitwhen",
-        "null",
-        &format!("exit-when-file-created={f}"),
+        "memory",
+        "1M",
+        event,
         "exit-when-poll=1",
     ]);
     nbdinfo(&["--size", &s.uri()]);
-    assert!(s.is_running());
-    std::fs::write(&f, b"").unwrap();
+    assert!(s.is_running(), "{event}: exited early\n{}", s.stderr());
+    cause();
     assert_exits_ok(&mut s);
+}
+
+#[test]
+fn exitwhen_file_created_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("stop");
+    exitwhen_idle_event(&format!("exit-when-file-created={}", f.display()), || {
+        std::fs::write(&f, b"").unwrap()
+    });
 }
 
 #[test]
 fn exitwhen_file_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let f = write_file(dir.path(), "keep", b"");
-    let mut s = Server::start(&[
-        "--filter=exitwhen",
-        "memory",
-        "1M",
-        &format!("exit-when-file-deleted={}", f.display()),
-        "exit-when-poll=1",
-    ]);
-    nbdinfo(&["--size", &s.uri()]);
-    std::fs::remove_file(&f).unwrap();
-    assert_exits_ok(&mut s);
+    exitwhen_idle_event(&format!("exit-when-file-deleted={}", f.display()), || {
+        std::fs::remove_file(&f).unwrap()
+    });
 }
 
 #[test]
@@ -247,18 +250,10 @@ fn exitwhen_process_exits() {
         .arg("3600")
         .spawn()
         .unwrap();
-    let mut s = Server::start(&[
-        "--filter=exitwhen",
-        "memory",
-        "1M",
-        &format!("exit-when-process-exits={}", sleeper.id()),
-        "exit-when-poll=1",
-    ]);
-    nbdinfo(&["--size", &s.uri()]);
-    assert!(s.is_running());
-    sleeper.kill().unwrap();
-    sleeper.wait().unwrap();
-    assert_exits_ok(&mut s);
+    exitwhen_idle_event(&format!("exit-when-process-exits={}", sleeper.id()), || {
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    });
 }
 
 #[test]
@@ -266,17 +261,9 @@ fn exitwhen_script() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("flag");
     let script = format!("test -e {} && exit 88; exit 0", f.display());
-    let mut s = Server::start(&[
-        "--filter=exitwhen",
-        "memory",
-        "1M",
-        &format!("exit-when-script={script}"),
-        "exit-when-poll=1",
-    ]);
-    nbdinfo(&["--size", &s.uri()]);
-    assert!(s.is_running());
-    std::fs::write(&f, b"").unwrap();
-    assert_exits_ok(&mut s);
+    exitwhen_idle_event(&format!("exit-when-script={script}"), || {
+        std::fs::write(&f, b"").unwrap()
+    });
 }
 
 /// The event happens while a client is connected: that client keeps

@@ -72,7 +72,7 @@ where
     }
 
     let mut chain = load_chain(&opts, &plugin_name)?;
-    check_debug_flags(&opts, &chain)?;
+    check_debug_flags(&opts, &mut chain)?;
     match opts.action {
         Action::Help => return print_out(&help(&chain)),
         Action::Version => return print_out(&versions(&chain)),
@@ -296,9 +296,9 @@ fn load_chain(o: &Options, plugin_name: &str) -> Result<Chain> {
     Ok(Chain { filters, plugin })
 }
 
-/// `-D NAME.FLAG=N`: check the syntax; none of our layers has debug flags
-/// yet, so every well-formed flag is reported as unused, as nbdkit does.
-fn check_debug_flags(o: &Options, chain: &Chain) -> Result<()> {
+/// `-D NAME.FLAG=N`: check the syntax and hand the flag to the filter it
+/// names; a flag no layer knows is reported as unused, as nbdkit does.
+fn check_debug_flags(o: &Options, chain: &mut Chain) -> Result<()> {
     for flag in &o.debug_flags {
         let parsed = flag.split_once('=').and_then(|(name, value)| {
             let (module, f) = name.split_once('.')?;
@@ -309,6 +309,13 @@ fn check_debug_flags(o: &Options, chain: &Chain) -> Result<()> {
                 "-D ({flag}): must have the format NAME.FLAG=N"
             )));
         };
+        let mut claimed = false;
+        for x in chain.filters.iter_mut().filter(|x| x.name() == module) {
+            claimed |= x.debug_flag(f, &flag[module.len() + f.len() + 2..])?;
+        }
+        if claimed {
+            continue;
+        }
         let loaded = module == chain.plugin.name()
             || module == "nbdkit"
             || chain.filters.iter().any(|x| x.name() == module);

@@ -12,11 +12,21 @@
 //! - [`FilterContext`] is that per-connection object; its only required
 //!   method returns the next layer's context, and every data call defaults to
 //!   forwarding there.
+//!
+//! nbdkit's filter hooks map as follows: `config`, `config_complete`,
+//! `thread_model`, `get_ready`, `after_fork`, `cleanup`, `preconnect`,
+//! `list_exports`, `default_export` and `open` are [`Filter`] methods;
+//! `prepare`, `finalize`, `get_size`, every `can_*` and every data call are
+//! [`FilterContext`] methods; `close` is dropping the context.  The order
+//! follows nbdkit: `config*`, `preconnect`, `list_exports`,
+//! `default_export`, `open`, `finalize` and `close` travel outermost first;
+//! `get_ready`, `after_fork` and `prepare` innermost first.
 
 use crate::error::Result;
 use crate::extents::Extents;
 use crate::layers::{Backend, Context};
 use crate::plugin::{BlockSize, CacheMode, ExportInfo, FuaMode, ThreadModel, ZeroMode};
+use crate::server::peer::Peer;
 
 /// A filter: the global, configured object.
 pub trait Filter: Send + Sync {
@@ -50,6 +60,12 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
+    /// `-D NAME.FLAG=VALUE` for this filter: return `Ok(true)` if `flag` is
+    /// one of its debug flags (nbdkit's `NAME_debug_FLAG` variables).
+    fn debug_flag(&mut self, _flag: &str, _value: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Extra `key=value` lines for `--dump-plugin` (printed after
     /// `NAME_path=` and `NAME_name=`).
     fn dump_plugin(&self) -> Vec<String> {
@@ -69,6 +85,15 @@ pub trait Filter: Send + Sync {
     }
 
     fn cleanup(&self) {}
+
+    /// A client has connected; nothing has been exchanged with it yet.
+    /// Refuse it by returning an error (the connection is then closed), or
+    /// let it proceed by passing the call on.  `peer` is who connected (also
+    /// available later on the connection thread as
+    /// [`crate::server::peer::current`]).
+    fn preconnect(&self, next: &dyn Backend, readonly: bool, peer: &Peer) -> Result<()> {
+        next.preconnect(readonly, peer)
+    }
 
     fn list_exports(
         &self,
@@ -104,8 +129,20 @@ impl FilterContext for PassThrough {
     }
 }
 
+/// A context for filters that only want to run code when a connection
+/// closes: `Guarded(guard, next)` forwards everything and, when dropped,
+/// drops the guard (the filter's `close`) before the next layer's context.
+pub struct Guarded<G: Send + Sync>(pub G, pub Box<dyn Context>);
+
+impl<G: Send + Sync> FilterContext for Guarded<G> {
+    fn next(&self) -> &dyn Context {
+        &*self.1
+    }
+}
+
 /// A filter's per-connection object.  Dropping it closes the filter's
-/// connection, then the next layer's (outermost first, as nbdkit).
+/// connection, then the next layer's (outermost first, as nbdkit): a
+/// filter's `close` hook is its context's `Drop`.
 pub trait FilterContext: Send + Sync {
     /// The next layer's context.
     fn next(&self) -> &dyn Context;

@@ -8,6 +8,11 @@
 //! - [`Context`] is one layer's per-connection object (nbdkit's "next_ops"):
 //!   the server calls the outermost one; a filter's context calls the next.
 //!
+//! With `-v` every layer's backend and contexts are wrapped in a tracer that
+//! prints nbdkit's `NAME: callback args` debug lines, so the order in which
+//! calls travel through the layers is visible (and costs nothing without
+//! `-v`).
+//!
 //! The plugin adapter ([`PluginContext`]) is where nbdkit's emulations live:
 //! FUA by flush, write-zeroes by writing zeroes, cache by reading, block status
 //! as all-data when the plugin has no extents.  Range and flag checks are the
@@ -19,6 +24,7 @@ use crate::filter::{Filter, FilterContext};
 use crate::plugin::{
     BlockSize, CacheMode, ExportInfo, FuaMode, Handle, Plugin, ThreadModel, ZeroFlags, ZeroMode,
 };
+use crate::server::peer::Peer;
 use nix::errno::Errno;
 use std::sync::{Arc, OnceLock};
 
@@ -71,6 +77,9 @@ pub trait Context: Send + Sync {
 pub trait Backend: Send + Sync {
     /// The layer's name (for debug messages).
     fn name(&self) -> &str;
+    /// A client connected: may it proceed to the handshake?  Called before
+    /// any NBD byte is exchanged, outermost layer first.
+    fn preconnect(&self, readonly: bool, peer: &Peer) -> Result<()>;
     fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>>;
     fn default_export(&self, readonly: bool, is_tls: bool) -> Result<String>;
     fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>>;
@@ -108,10 +117,14 @@ impl Chain {
             },
         };
         for f in &mut self.filters {
+            trace(f.name(), || format!("config key={key}, value={value}"));
             if f.config(&key, value)? {
                 return Ok(());
             }
         }
+        trace(self.plugin.name(), || {
+            format!("config key={key}, value={value}")
+        });
         self.plugin.config(&key, value).map_err(|e| {
             if e.message().starts_with("unknown parameter") {
                 let mut layers: Vec<&str> = self.filters.iter().map(|f| f.name()).collect();
@@ -131,8 +144,10 @@ impl Chain {
     /// `config_complete` on every layer, outermost first.
     pub fn config_complete(&mut self) -> Result<()> {
         for f in &mut self.filters {
+            trace(f.name(), || "config_complete".into());
             f.config_complete()?;
         }
+        trace(self.plugin.name(), || "config_complete".into());
         self.plugin.config_complete()
     }
 
@@ -148,14 +163,21 @@ impl Chain {
     pub fn into_stack(self) -> Stack {
         let plugin: Arc<dyn Plugin> = Arc::from(self.plugin);
         let filters: Vec<Arc<dyn Filter>> = self.filters.into_iter().map(Arc::from).collect();
-        let mut backend: Arc<dyn Backend> = Arc::new(PluginBackend {
+        let traced = |b: Arc<dyn Backend>| -> Arc<dyn Backend> {
+            if crate::log::verbose() {
+                Arc::new(Traced(b))
+            } else {
+                b
+            }
+        };
+        let mut backend = traced(Arc::new(PluginBackend {
             plugin: plugin.clone(),
-        });
+        }));
         for f in filters.iter().rev() {
-            backend = Arc::new(FilterBackend {
+            backend = traced(Arc::new(FilterBackend {
                 filter: f.clone(),
                 next: backend,
-            });
+            }));
         }
         Stack {
             filters,
@@ -177,8 +199,10 @@ pub struct Stack {
 impl Stack {
     /// `get_ready` on every layer, innermost first.
     pub fn get_ready(&self) -> Result<()> {
+        trace(self.plugin.name(), || "get_ready".into());
         self.plugin.get_ready()?;
         for f in self.filters.iter().rev() {
+            trace(f.name(), || "get_ready".into());
             f.get_ready()?;
         }
         Ok(())
@@ -186,18 +210,28 @@ impl Stack {
 
     /// `after_fork` on every layer, innermost first.
     pub fn after_fork(&self) -> Result<()> {
+        trace(self.plugin.name(), || "after_fork".into());
         self.plugin.after_fork()?;
         for f in self.filters.iter().rev() {
+            trace(f.name(), || "after_fork".into());
             f.after_fork()?;
         }
         Ok(())
     }
 
+    /// `preconnect` down the chain, outermost first (the first refusal
+    /// wins).
+    pub fn preconnect(&self, readonly: bool, peer: &Peer) -> Result<()> {
+        self.backend.preconnect(readonly, peer)
+    }
+
     /// `cleanup` on every layer, outermost first.
     pub fn cleanup(&self) {
         for f in &self.filters {
+            trace(f.name(), || "cleanup".into());
             f.cleanup();
         }
+        trace(self.plugin.name(), || "cleanup".into());
         self.plugin.cleanup();
     }
 }
@@ -209,6 +243,9 @@ struct PluginBackend {
 impl Backend for PluginBackend {
     fn name(&self) -> &str {
         self.plugin.name()
+    }
+    fn preconnect(&self, readonly: bool, peer: &Peer) -> Result<()> {
+        self.plugin.preconnect(readonly, peer)
     }
     fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
         self.plugin.list_exports(readonly, is_tls)
@@ -418,6 +455,9 @@ impl Backend for FilterBackend {
     fn name(&self) -> &str {
         self.filter.name()
     }
+    fn preconnect(&self, readonly: bool, peer: &Peer) -> Result<()> {
+        self.filter.preconnect(&*self.next, readonly, peer)
+    }
     fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
         self.filter.list_exports(&*self.next, readonly, is_tls)
     }
@@ -501,5 +541,164 @@ impl Context for Filtered {
     }
     fn cache(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
         self.0.cache(count, offset, flags)
+    }
+}
+
+/// Print `NAME: what` when debugging (`-v`); `what` is only built then.
+fn trace(name: &str, what: impl FnOnce() -> String) {
+    if crate::log::verbose() {
+        crate::log::debug(format!("{name}: {}", what()));
+    }
+}
+
+fn bit(flags: u32, flag: u32) -> u8 {
+    u8::from(flags & flag != 0)
+}
+
+/// A layer's backend seen through the `-v` tracer.
+struct Traced(Arc<dyn Backend>);
+
+impl Backend for Traced {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn preconnect(&self, readonly: bool, peer: &Peer) -> Result<()> {
+        trace(self.name(), || "preconnect".into());
+        self.0.preconnect(readonly, peer)
+    }
+    fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {
+        trace(self.name(), || {
+            format!(
+                "list_exports readonly={} tls={}",
+                u8::from(readonly),
+                u8::from(is_tls)
+            )
+        });
+        self.0.list_exports(readonly, is_tls)
+    }
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<String> {
+        trace(self.name(), || {
+            format!(
+                "default_export readonly={} tls={}",
+                u8::from(readonly),
+                u8::from(is_tls)
+            )
+        });
+        self.0.default_export(readonly, is_tls)
+    }
+    fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
+        let name = self.name().to_string();
+        trace(&name, || {
+            format!(
+                "open readonly={} exportname=\"{}\" tls={}",
+                u8::from(readonly),
+                export,
+                u8::from(is_tls)
+            )
+        });
+        let ctx = self.0.open(readonly, export, is_tls)?;
+        trace(&name, || "open succeeded".into());
+        Ok(Box::new(TracedContext(name, ctx)))
+    }
+}
+
+/// A layer's context seen through the `-v` tracer.
+struct TracedContext(String, Box<dyn Context>);
+
+impl Drop for TracedContext {
+    fn drop(&mut self) {
+        trace(&self.0, || "close".into());
+    }
+}
+
+/// Trace a call without arguments and forward it.
+macro_rules! traced {
+    ($($m:ident -> $t:ty),* $(,)?) => {
+        $(fn $m(&self) -> Result<$t> {
+            trace(&self.0, || stringify!($m).into());
+            self.1.$m()
+        })*
+    };
+}
+
+impl Context for TracedContext {
+    fn prepare(&self, readonly: bool) -> Result<()> {
+        // Inner layers prepare first: trace on the way back out.
+        let r = self.1.prepare(readonly);
+        trace(&self.0, || {
+            format!("prepare readonly={}", u8::from(readonly))
+        });
+        r
+    }
+    traced!(
+        finalize -> (),
+        get_size -> u64,
+        export_description -> Option<String>,
+        block_size -> Option<BlockSize>,
+        can_write -> bool,
+        can_flush -> bool,
+        is_rotational -> bool,
+        can_trim -> bool,
+        can_zero -> ZeroMode,
+        can_fast_zero -> bool,
+        can_extents -> bool,
+        can_fua -> FuaMode,
+        can_multi_conn -> bool,
+        can_cache -> CacheMode,
+    );
+    fn pread(&self, buf: &mut [u8], offset: u64, flags: u32) -> Result<()> {
+        trace(&self.0, || {
+            format!("pread count={} offset={offset}", buf.len())
+        });
+        self.1.pread(buf, offset, flags)
+    }
+    fn pwrite(&self, buf: &[u8], offset: u64, f: u32) -> Result<()> {
+        trace(&self.0, || {
+            format!(
+                "pwrite count={} offset={offset} fua={}",
+                buf.len(),
+                bit(f, flags::FUA)
+            )
+        });
+        self.1.pwrite(buf, offset, f)
+    }
+    fn flush(&self, f: u32) -> Result<()> {
+        trace(&self.0, || "flush".into());
+        self.1.flush(f)
+    }
+    fn trim(&self, count: u64, offset: u64, f: u32) -> Result<()> {
+        trace(&self.0, || {
+            format!(
+                "trim count={count} offset={offset} fua={}",
+                bit(f, flags::FUA)
+            )
+        });
+        self.1.trim(count, offset, f)
+    }
+    fn zero(&self, count: u64, offset: u64, f: u32) -> Result<()> {
+        trace(&self.0, || {
+            format!(
+                "zero count={count} offset={offset} may_trim={} fua={} fast={}",
+                bit(f, flags::MAY_TRIM),
+                bit(f, flags::FUA),
+                bit(f, flags::FAST_ZERO)
+            )
+        });
+        self.1.zero(count, offset, f)
+    }
+    fn extents(&self, extents: &mut Extents, f: u32) -> Result<()> {
+        trace(&self.0, || {
+            format!(
+                "extents count={} offset={} req_one={}",
+                extents.end() - extents.start(),
+                extents.start(),
+                bit(f, flags::REQ_ONE)
+            )
+        });
+        self.1.extents(extents, f)
+    }
+    fn cache(&self, count: u64, offset: u64, f: u32) -> Result<()> {
+        trace(&self.0, || format!("cache count={count} offset={offset}"));
+        self.1.cache(count, offset, f)
     }
 }

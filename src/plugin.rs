@@ -185,6 +185,11 @@ pub trait Plugin: Send + Sync {
     /// Called once at exit, after the last connection has closed.
     fn cleanup(&self) {}
 
+    /// A client connected (nothing exchanged yet); an error refuses it.
+    fn preconnect(&self, _readonly: bool, _peer: &crate::server::peer::Peer) -> Result<()> {
+        Ok(())
+    }
+
     /// The exports to advertise for `NBD_OPT_LIST`.  The default is one
     /// export, the default export.
     fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Vec<ExportInfo>> {

@@ -4,17 +4,25 @@
 //! line in [`new_filter`].
 
 pub mod delay;
+pub mod exitlast;
+pub mod exitwhen;
+pub mod ip;
+pub mod limit;
 pub mod noparallel;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
-pub const NAMES: &[&str] = &["delay", "noparallel"];
+pub const NAMES: &[&str] = &["delay", "exitlast", "exitwhen", "ip", "limit", "noparallel"];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
         "delay" => Some(Box::new(delay::Delay::new())),
+        "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
+        "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "ip" => Some(Box::new(ip::Ip::new())),
+        "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         _ => None,
     }

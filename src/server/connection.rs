@@ -1,11 +1,11 @@
-//! One client connection: thread-model locking, handshake, transmission,
-//! and closing the export.
+//! One client connection: thread-model locking, preconnect, handshake,
+//! transmission, and closing the export.
 
 use crate::plugin::ThreadModel;
 use crate::server::listen::Stream;
 use crate::server::negotiate::{negotiate, Negotiated};
 use crate::server::transmission::{self, Reader, Session, Writer, READ_BUFFER};
-use crate::server::{hold, lock, Server};
+use crate::server::{hold, lock, peer, Server};
 use std::io::{self, BufReader, Read, Write};
 use std::sync::Mutex;
 
@@ -29,6 +29,17 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer) {
     let _conn_guard = (model == ThreadModel::SerializeConnections).then(|| lock(&CONNECTION_LOCK));
     let request_lock = (model <= ThreadModel::SerializeAllRequests).then_some(&REQUEST_LOCK);
     let (mut reader, mut writer) = (reader, writer);
+    // Before any NBD byte: the layers may refuse the client (the peer was
+    // made current by whoever accepted the connection).
+    let peer = peer::current().unwrap_or_else(peer::Peer::unknown);
+    let admitted = {
+        let _g = hold(request_lock);
+        server.stack.preconnect(server.handshake.readonly, &peer)
+    };
+    if let Err(e) = admitted {
+        crate::log::error(e.message());
+        return;
+    }
     let negotiated = negotiate(
         &server.handshake,
         &*server.stack.backend,

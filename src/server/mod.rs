@@ -7,6 +7,7 @@
 //! - [`export`]: an opened export and its cached capabilities;
 //! - [`transmission`]: requests and replies, with parallel workers;
 //! - [`quit`]: the single shutdown mechanism;
+//! - [`peer`]: who is connected (address, credentials);
 //! - [`fork`]: forking the serving process off with a readiness pipe;
 //! - [`captive`], [`uri`]: `--run` and the server's URI.
 
@@ -16,6 +17,7 @@ pub mod export;
 pub mod fork;
 pub mod listen;
 pub mod negotiate;
+pub mod peer;
 pub mod quit;
 pub mod transmission;
 pub mod uri;
@@ -69,6 +71,7 @@ impl Registry {
         live.remove(&id);
         if live.is_empty() {
             self.idle.notify_all();
+            quit::wake_drain();
         }
     }
 
@@ -84,6 +87,25 @@ impl Registry {
         }
     }
 
+    /// A graceful stop: wait until the last connection has closed, or a
+    /// prompt stop is requested.
+    fn drain(&self) -> Result<()> {
+        loop {
+            quit::clear_drain_wakeups();
+            if quit::requested() || lock(&self.live).is_empty() {
+                return Ok(());
+            }
+            let mut fds = [
+                PollFd::new(quit::fd(), PollFlags::POLLIN),
+                PollFd::new(quit::drain_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Error::os(e, "poll")),
+            }
+        }
+    }
+
     fn wait_idle(&self) {
         let mut live = lock(&self.live);
         while !live.is_empty() {
@@ -92,8 +114,10 @@ impl Registry {
     }
 }
 
-/// Accept connections on `listeners` until a stop is requested, then stop
-/// reading from open connections and wait for them to finish.
+/// Accept connections on `listeners` until a stop is requested.  After a
+/// graceful stop, wait for open connections to close by themselves; after a
+/// prompt one (or a prompt one during the wait), stop reading from open
+/// connections and wait for them to finish.
 pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
     for l in &listeners {
         l.set_nonblocking(true).map_err(|e| Error::io(e, "fcntl"))?;
@@ -101,9 +125,10 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
     }
     let registry = Arc::new(Registry::default());
     let next_id = AtomicU64::new(1);
-    while !quit::requested() {
-        let mut fds: Vec<PollFd> = Vec::with_capacity(listeners.len() + 1);
+    while !quit::requested() && !quit::draining() {
+        let mut fds: Vec<PollFd> = Vec::with_capacity(listeners.len() + 2);
         fds.push(PollFd::new(quit::fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(quit::drain_fd(), PollFlags::POLLIN));
         for l in &listeners {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
@@ -119,7 +144,13 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
         if ready[0] {
             break;
         }
-        for (l, _) in listeners.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+        if ready[1] {
+            // A drain request (re-checked by the loop condition), or a
+            // connection closing, which is no reason to stop.
+            quit::clear_drain_wakeups();
+            continue;
+        }
+        for (l, _) in listeners.iter().zip(&ready[2..]).filter(|(_, r)| **r) {
             loop {
                 match l.accept() {
                     Ok(stream) => {
@@ -136,8 +167,12 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
             }
         }
     }
-    crate::log::debug("shutting down: no new connections");
     drop(listeners);
+    if !quit::requested() {
+        crate::log::debug("exiting when the last connection closes: no new connections");
+        registry.drain()?;
+    }
+    crate::log::debug("shutting down: no new connections");
     registry.shut_down_all();
     registry.wait_idle();
     Ok(())
@@ -154,6 +189,7 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
             return;
         }
     };
+    let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&fd));
     registry.add(id, fd);
     let name = format!("{}[{id}]", server.stack.plugin.name());
     let server = server.clone();
@@ -162,7 +198,8 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
         .name(name.clone())
         .spawn(move || {
             crate::log::set_thread_context(Some(name));
-            crate::log::debug("accepted connection");
+            crate::log::debug(format!("accepted connection from {}", peer.describe()));
+            peer::set_current(Some(peer));
             connection::handle(&server, halves.0, halves.1);
             crate::log::debug("connection closed");
             reg.remove(id);

@@ -366,10 +366,15 @@ impl Negotiation<'_> {
 
     /// Reuse the export opened by a previous NBD_OPT_INFO on the same name.
     fn take_or_open(&mut self, requested: &str) -> Result<Export> {
-        match self.info_export.take() {
-            Some((name, export)) if name == requested => Ok(export),
-            _ => self.open(requested),
+        if let Some((name, export)) = self.info_export.take() {
+            if name == requested {
+                return Ok(export);
+            }
+            // Close the old export before opening another, as nbdkit does
+            // (a connection never holds two: the limit filter counts them).
+            drop(export);
         }
+        self.open(requested)
     }
 
     fn finish(&mut self, requested: &str, export: Export) -> Negotiated {

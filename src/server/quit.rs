@@ -1,15 +1,21 @@
-//! The one shutdown mechanism: a flag plus a self-pipe.
+//! The one shutdown mechanism: a flag plus a self-pipe, in two strengths.
 //!
-//! Signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT), the end of a `--run` command,
-//! parent death and filters that ask to stop all end up here.  Setting the
-//! flag writes a byte to a pipe whose read end every blocking wait in the
-//! accept loop polls, so the server wakes at once.  Signal handlers are
-//! installed through `signal-hook`, which only does async-signal-safe work
-//! (store to an atomic, write to the pipe) and starts no threads, so this
-//! can be set up before forking.
+//! - [`request`] stops the server promptly: signals (SIGINT, SIGTERM, SIGHUP,
+//!   SIGQUIT), the end of a `--run` command and parent death end up here.
+//!   Setting the flag writes a byte to a pipe whose read end every blocking
+//!   wait polls (the accept loop, [`sleep`]), so the server wakes at once;
+//!   open connections stop reading further requests.
+//! - [`request_graceful`] drains the server (nbdkit's `nbdkit_shutdown` as
+//!   the exitlast and exitwhen filters use it): no new connections, open
+//!   ones finish their work, and the server exits when the last one closes
+//!   (at once when idle).  A prompt request still overrides a drain.
+//!
+//! Signal handlers are installed through `signal-hook`, which only does
+//! async-signal-safe work (store to an atomic, write to the pipe) and starts
+//! no threads, so this can be set up before forking.
 
 use crate::error::{Error, Result};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,19 +33,34 @@ struct Quit {
     flag: Arc<AtomicBool>,
     read: UnixStream,
     write: UnixStream,
+    /// Set by [`request_graceful`].
+    draining: AtomicBool,
+    /// Wakes the server while it drains (never read by anyone else, so it
+    /// can be emptied without hiding a prompt request from other waiters).
+    drain_read: UnixStream,
+    drain_write: UnixStream,
 }
 
 static QUIT: OnceLock<Quit> = OnceLock::new();
 
+fn nonblocking_pair() -> (UnixStream, UnixStream) {
+    let (read, write) = UnixStream::pair().expect("socketpair for the quit pipe");
+    read.set_nonblocking(true).expect("nonblocking quit pipe");
+    write.set_nonblocking(true).expect("nonblocking quit pipe");
+    (read, write)
+}
+
 fn get() -> &'static Quit {
     QUIT.get_or_init(|| {
-        let (read, write) = UnixStream::pair().expect("socketpair for the quit pipe");
-        read.set_nonblocking(true).expect("nonblocking quit pipe");
-        write.set_nonblocking(true).expect("nonblocking quit pipe");
+        let (read, write) = nonblocking_pair();
+        let (drain_read, drain_write) = nonblocking_pair();
         Quit {
             flag: Arc::new(AtomicBool::new(false)),
             read,
             write,
+            draining: AtomicBool::new(false),
+            drain_read,
+            drain_write,
         }
     })
 }
@@ -71,9 +92,38 @@ pub fn request() {
     let _ = (&q.write).write(&[1]);
 }
 
-/// Has a stop been requested?
+/// Has a prompt stop been requested?
 pub fn requested() -> bool {
     get().flag.load(Ordering::SeqCst)
+}
+
+/// Ask the server to drain and exit: refuse new connections, let open ones
+/// finish, exit when the last one closes (safe from any thread).
+pub fn request_graceful() {
+    let q = get();
+    q.draining.store(true, Ordering::SeqCst);
+    wake_drain();
+}
+
+/// Has a graceful stop been requested?
+pub fn draining() -> bool {
+    get().draining.load(Ordering::SeqCst)
+}
+
+/// Wake the server's drain wait (a connection closed, or a drain began).
+pub fn wake_drain() {
+    let _ = (&get().drain_write).write(&[1]);
+}
+
+/// Readable after [`wake_drain`]; only the server's accept loop polls it.
+pub fn drain_fd() -> BorrowedFd<'static> {
+    get().drain_read.as_fd()
+}
+
+/// Empty the drain pipe before re-checking what woke the server.
+pub fn clear_drain_wakeups() {
+    let mut buf = [0u8; 64];
+    while matches!((&get().drain_read).read(&mut buf), Ok(n) if n > 0) {}
 }
 
 /// The read end of the pipe: readable once a stop has been requested.

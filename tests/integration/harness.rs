@@ -290,6 +290,17 @@ impl Server {
     /// Like `start` but in an existing tempdir (files for the plugin may live there).
     #[track_caller]
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        Self::start_with(dir, args, |_| {})
+    }
+
+    /// Like `start_in`, letting `setup` adjust the command first (for
+    /// example to pass the server an inherited file descriptor).
+    #[track_caller]
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        mut setup: impl FnMut(&mut Command),
+    ) -> Server {
         let sock = dir.path().join("sock");
         let pre: Vec<String> = vec![
             "-f".into(),
@@ -298,7 +309,7 @@ impl Server {
             "-P".into(),
             dir.path().join("pid").display().to_string(),
         ];
-        match Self::spawn(dir, sock, None, &pre, args) {
+        match Self::spawn(dir, sock, None, &pre, args, &mut setup) {
             Ok(s) => s,
             Err((_, msg)) => panic!("{msg}"),
         }
@@ -320,7 +331,7 @@ impl Server {
                 dir.path().join("pid").display().to_string(),
             ];
             let sock = dir.path().join("sock");
-            match Self::spawn(dir, sock, Some(port), &pre, args) {
+            match Self::spawn(dir, sock, Some(port), &pre, args, &mut |_| {}) {
                 Ok(s) => return s,
                 Err((d, msg)) => {
                     if !msg.contains("in use") {
@@ -339,6 +350,7 @@ impl Server {
         port: Option<u16>,
         pre: &[String],
         args: &[&str],
+        setup: &mut dyn FnMut(&mut Command),
     ) -> Result<Server, (tempfile::TempDir, String)> {
         let pidfile = dir.path().join("pid");
         let _ = std::fs::remove_file(&pidfile);
@@ -347,6 +359,7 @@ impl Server {
         let mut cmd = nbdkit();
         cmd.args(pre).args(args);
         cmd.stdout(Stdio::null()).stderr(errf);
+        setup(&mut cmd);
         let desc = format!("{cmd:?}");
         let child = cmd
             .spawn()
@@ -415,6 +428,23 @@ impl Server {
     /// What the server wrote on stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Wait (up to 30 s) for the server to exit by itself; returns its
+    /// status.  Panics, showing its stderr, if it is still running.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        while self.is_running() {
+            if start.elapsed() > TIMEOUT {
+                panic!(
+                    "nbdkit still running {TIMEOUT:?} after it should have exited\n--- stderr ---\n{}",
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.stop()
     }
 
     /// Is the server process still running?

@@ -190,15 +190,7 @@ fn quit_signals_with_an_idle_client_connected() {
         assert_eq!(&line, b"connected\n");
         kill_group(s.pid(), sig);
         // Wait for this signal alone to stop it (stop() would add SIGTERM).
-        let start = Instant::now();
-        while s.is_running() {
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "signal {sig} did not stop the server"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = s.stop();
+        let status = s.wait_exit();
         let _ = client.kill();
         let _ = client.wait();
         assert!(status.success(), "signal {sig}: {status:?}\n{}", s.stderr());

@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod concurrency;
 mod file;
+mod filters;
 mod lifecycle;
 mod memory;
 mod null;

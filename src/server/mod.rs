@@ -8,7 +8,8 @@
 //! - [`transmission`]: requests and replies, with parallel workers;
 //! - [`quit`]: the single shutdown mechanism;
 //! - [`fork`]: forking the serving process off with a readiness pipe;
-//! - [`captive`], [`uri`]: `--run` and the server's URI.
+//! - [`captive`], [`uri`]: `--run` and the server's URI;
+//! - [`tls`]: TLS credentials, STARTTLS and the encrypted stream.
 
 pub mod captive;
 pub mod connection;
@@ -17,6 +18,7 @@ pub mod fork;
 pub mod listen;
 pub mod negotiate;
 pub mod quit;
+pub mod tls;
 pub mod transmission;
 pub mod uri;
 
@@ -163,7 +165,7 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
         .spawn(move || {
             crate::log::set_thread_context(Some(name));
             crate::log::debug("accepted connection");
-            connection::handle(&server, halves.0, halves.1);
+            connection::handle(&server, halves.0, halves.1, halves.2);
             crate::log::debug("connection closed");
             reg.remove(id);
         });

@@ -646,3 +646,57 @@ fn stopping_with_an_idle_tls_client_connected() {
     kill_group(child.id(), libc::SIGKILL);
     let _ = child.wait();
 }
+
+#[test]
+fn many_parallel_requests_on_one_tls_connection() {
+    // Hundreds of writes and reads of mixed sizes in flight at once on one
+    // connection: replies come back out of order through one TLS stream.
+    let pki = Pki::new();
+    let s = Server::start(&[
+        "--tls=require",
+        &format!("--tls-psk={}", pki.path("keys.psk")),
+        "memory",
+        "64M",
+    ]);
+    let uri = nbds_unix(
+        "alice@",
+        &s.sock,
+        &format!("tls-psk-file={}", pki.path("keys.psk")),
+    );
+    let script = r#"
+import nbd, sys, os, random
+h = nbd.NBD()
+h.set_uri_allow_local_file(True)
+h.connect_uri(sys.argv[1])
+random.seed(7)
+size = h.get_size()
+chunks = []
+off = 0
+while off < size:
+    n = min(random.choice([512, 4096, 65536, 1 << 20, 3 << 20]), size - off)
+    chunks.append((off, n))
+    off += n
+random.shuffle(chunks)
+errors = []
+def done(err):
+    if err.value != 0:
+        errors.append(err.value)
+    return 1
+data = {o: os.urandom(n) for o, n in chunks}
+for o, n in chunks:
+    h.aio_pwrite(data[o], o, completion=done)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+bufs = {o: nbd.Buffer(n) for o, n in chunks}
+for o, n in chunks:
+    h.aio_pread(bufs[o], o, completion=done)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+assert not errors, errors
+for o, n in chunks:
+    assert bufs[o].to_bytearray() == data[o], o
+print("ok", len(chunks))
+"#;
+    let o = client_ok("/usr/bin/python3", &["-c", script, &uri]);
+    assert!(stdout_str(&o).starts_with("ok "), "{}", stdout_str(&o));
+}

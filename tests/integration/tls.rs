@@ -93,6 +93,36 @@ impl Pki {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
+
+    /// A server requiring TLS with `keys.psk`, serving `plugin...`.
+    fn psk_server(&self, plugin: &[&str]) -> Server {
+        let psk = format!("--tls-psk={}", self.path("keys.psk"));
+        let mut args = vec!["--tls=require", psk.as_str()];
+        args.extend_from_slice(plugin);
+        Server::start(&args)
+    }
+
+    /// A server requiring TLS with the `pki/` certificates.
+    fn x509_server(&self, extra: &[&str]) -> Server {
+        let certs = format!("--tls-certificates={}", self.path("pki"));
+        let mut args = vec!["--tls=require", certs.as_str()];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// The URI by which alice reaches `s` with `keyfile` (`keys.psk`, ...).
+    fn psk_uri(&self, s: &Server, keyfile: &str) -> String {
+        nbds_unix(
+            "alice@",
+            &s.sock,
+            &format!("tls-psk-file={}", self.path(keyfile)),
+        )
+    }
+
+    /// The URI by which a client with certificate directory `sub` reaches `s`.
+    fn x509_uri(&self, s: &Server, sub: &str) -> String {
+        nbds_unix("", &s.sock, &format!("tls-certificates={}", self.path(sub)))
+    }
 }
 
 /// `nbds+unix` URI for a server on `sock` with extra query parameters.
@@ -108,17 +138,8 @@ fn assert_tls_info(out: &str) {
 #[test]
 fn x509_nbdinfo_over_unix() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-certificates={}", pki.path("pki")),
-        "memory",
-        "1M",
-    ]);
-    let out = nbdinfo(&[nbds_unix(
-        "",
-        &s.sock,
-        &format!("tls-certificates={}", pki.path("client")),
-    )]);
+    let s = pki.x509_server(&["memory", "1M"]);
+    let out = nbdinfo(&[pki.x509_uri(&s, "client")]);
     assert_tls_info(&out);
     assert!(out.contains("export-size: 1048576"), "{out}");
 }
@@ -126,24 +147,11 @@ fn x509_nbdinfo_over_unix() {
 #[test]
 fn psk_nbdinfo_and_a_wrong_key_is_refused() {
     let pki = Pki::new();
-    let mut s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "1M",
-    ]);
-    let good = nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("keys.psk")),
-    );
+    let mut s = pki.psk_server(&["memory", "1M"]);
+    let good = pki.psk_uri(&s, "keys.psk");
     assert_tls_info(&nbdinfo(&[&good]));
 
-    let wrong = nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("wrong.psk")),
-    );
+    let wrong = pki.psk_uri(&s, "wrong.psk");
     let o = client_any("/usr/bin/nbdinfo", &[&wrong]);
     assert!(!o.status.success(), "a wrong key must be refused");
     // An unknown user is refused too.
@@ -171,12 +179,7 @@ fn assert_no_panic_text(stderr: &str) {
 #[test]
 fn plaintext_refused_under_require() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "1M",
-    ]);
+    let s = pki.psk_server(&["memory", "1M"]);
     let o = client_any("/usr/bin/nbdinfo", &[s.uri()]);
     assert!(!o.status.success(), "plaintext must be refused");
     // Not even the list of exports is given away.
@@ -195,11 +198,7 @@ fn tls_on_serves_plaintext_and_tls() {
     ]);
     let plain = nbdinfo(&[s.uri()]);
     assert!(plain.contains("newstyle-fixed without TLS"), "{plain}");
-    let secure = nbdinfo(&[nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("keys.psk")),
-    )]);
+    let secure = nbdinfo(&[pki.psk_uri(&s, "keys.psk")]);
     assert_tls_info(&secure);
 }
 
@@ -214,11 +213,7 @@ fn verify_peer_admits_a_client_certificate_and_refuses_none() {
         "memory",
         "1M",
     ]);
-    let with = nbds_unix(
-        "",
-        &s.sock,
-        &format!("tls-certificates={}", pki.path("client")),
-    );
+    let with = pki.x509_uri(&s, "client");
     assert_tls_info(&nbdinfo(&[&with]));
     // The client's subject and issuer were recorded, most specific first.
     let log = s.stderr();
@@ -227,11 +222,7 @@ fn verify_peer_admits_a_client_certificate_and_refuses_none() {
         "{log}"
     );
 
-    let without = nbds_unix(
-        "",
-        &s.sock,
-        &format!("tls-certificates={}", pki.path("ca-only")),
-    );
+    let without = pki.x509_uri(&s, "ca-only");
     let o = client_any("/usr/bin/nbdinfo", &[&without]);
     assert!(
         !o.status.success(),
@@ -239,6 +230,17 @@ fn verify_peer_admits_a_client_certificate_and_refuses_none() {
     );
     assert!(s.is_running());
     s.stop_ok();
+}
+
+/// `qemu-img info --object OBJECT --image-opts OPTS`.
+fn qemu_info(object: String, opts: String) -> String {
+    qemu_img(&[
+        "info".to_string(),
+        "--object".into(),
+        object,
+        "--image-opts".into(),
+        opts,
+    ])
 }
 
 #[test]
@@ -251,65 +253,45 @@ fn qemu_img_x509_over_tcp() {
         "memory",
         "10M",
     ]);
-    let out = qemu_img(&[
-        "info".to_string(),
-        "--object".into(),
+    let out = qemu_info(
         format!(
             "tls-creds-x509,id=tls0,endpoint=client,dir={}",
             pki.path("client")
         ),
-        "--image-opts".into(),
         format!(
             "driver=nbd,host=127.0.0.1,port={},tls-creds=tls0",
             s.port.unwrap()
         ),
-    ]);
+    );
     assert!(out.contains("virtual size: 10 MiB"), "{out}");
 }
 
 #[test]
 fn qemu_img_psk_over_unix() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "10M",
-    ]);
+    let s = pki.psk_server(&["memory", "10M"]);
     // qemu reads keys.psk from the directory it is given.
-    let out = qemu_img(&[
-        "info".to_string(),
-        "--object".into(),
+    let out = qemu_info(
         format!(
             "tls-creds-psk,id=tls0,endpoint=client,username=alice,dir={}",
             pki.dir.path().display()
         ),
-        "--image-opts".into(),
         format!(
             "driver=nbd,server.type=unix,server.path={},tls-creds=tls0",
             s.sock.display()
         ),
-    ]);
+    );
     assert!(out.contains("virtual size: 10 MiB"), "{out}");
 }
 
 #[test]
 fn nbdcopy_40m_random_round_trip() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "40M",
-    ]);
+    let s = pki.psk_server(&["memory", "40M"]);
     let data = pseudo_random(40 << 20, 6);
     let src = write_file(pki.dir.path(), "src.img", &data);
     let dst = pki.dir.path().join("dst.img");
-    let uri = nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("keys.psk")),
-    );
+    let uri = pki.psk_uri(&s, "keys.psk");
     nbdcopy(&[src.display().to_string(), uri.clone()]);
     nbdcopy(&[uri, dst.display().to_string()]);
     let back = std::fs::read(&dst).unwrap();
@@ -483,12 +465,7 @@ fn go(s: &mut (impl Read + Write)) -> u32 {
 #[test]
 fn starttls_protocol_rules() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-certificates={}", pki.path("pki")),
-        "memory",
-        "1M",
-    ]);
+    let s = pki.x509_server(&["memory", "1M"]);
     let mut plain = UnixStream::connect(&s.sock).unwrap();
     plain.set_read_timeout(Some(TIMEOUT)).unwrap();
     let greeting = read_n(&mut plain, 18);
@@ -562,12 +539,7 @@ fn plaintext_pipelined_after_starttls_is_not_trusted() {
     // Bytes sent after STARTTLS but before the handshake must never be
     // taken as protected data: the server hangs up instead.
     let pki = Pki::new();
-    let mut s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-certificates={}", pki.path("pki")),
-        "memory",
-        "1M",
-    ]);
+    let mut s = pki.x509_server(&["memory", "1M"]);
     let mut plain = UnixStream::connect(&s.sock).unwrap();
     plain.set_read_timeout(Some(TIMEOUT)).unwrap();
     read_n(&mut plain, 18);
@@ -617,17 +589,8 @@ fn tls_1_2_with_gnutls_clients() {
 #[test]
 fn stopping_with_an_idle_tls_client_connected() {
     let pki = Pki::new();
-    let mut s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "1M",
-    ]);
-    let uri = nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("keys.psk")),
-    );
+    let mut s = pki.psk_server(&["memory", "1M"]);
+    let uri = pki.psk_uri(&s, "keys.psk");
     let ready = pki.dir.path().join("connected");
     let script = "import nbd, sys, time\nh = nbd.NBD()\nh.set_uri_allow_local_file(True)\n\
                   h.connect_uri(sys.argv[1])\nopen(sys.argv[2], 'w').close()\ntime.sleep(60)\n";
@@ -652,17 +615,8 @@ fn many_parallel_requests_on_one_tls_connection() {
     // Hundreds of writes and reads of mixed sizes in flight at once on one
     // connection: replies come back out of order through one TLS stream.
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=require",
-        &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "64M",
-    ]);
-    let uri = nbds_unix(
-        "alice@",
-        &s.sock,
-        &format!("tls-psk-file={}", pki.path("keys.psk")),
-    );
+    let s = pki.psk_server(&["memory", "64M"]);
+    let uri = pki.psk_uri(&s, "keys.psk");
     let script = r#"
 import nbd, sys, os, random
 h = nbd.NBD()

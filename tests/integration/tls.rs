@@ -654,3 +654,27 @@ print("ok", len(chunks))
     let o = client_ok("/usr/bin/python3", &["-c", script, &uri]);
     assert!(stdout_str(&o).starts_with("ok "), "{}", stdout_str(&o));
 }
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    std::fs::write(d.join("crl.info"), "crl_next_update = 30\ncrl_number = 1\n").unwrap();
+    certtool(
+        d,
+        &[
+            "--generate-crl",
+            "--load-ca-privkey=ca-key.pem",
+            "--load-ca-certificate=ca-cert.pem",
+            "--load-certificate=client-cert.pem",
+            "--template=crl.info",
+            "--outfile=pki/ca-crl.pem",
+        ],
+    );
+    let mut s = pki.x509_server(&["--tls-verify-peer", "memory", "1M"]);
+    let o = client_any("/usr/bin/nbdinfo", &[pki.x509_uri(&s, "client")]);
+    assert!(!o.status.success(), "a revoked certificate must be refused");
+    let log = s.stderr();
+    assert!(log.contains("revoked"), "{log}");
+    s.stop_ok();
+}

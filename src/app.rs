@@ -11,7 +11,8 @@ use crate::server::captive::{self, RunVars};
 use crate::server::fork::{self, Role};
 use crate::server::listen::{self, Listener, PrivateDir};
 use crate::server::negotiate::HandshakeConfig;
-use crate::server::uri::{make_uri, shell_quote, Endpoint};
+use crate::server::tls::{self, Tls};
+use crate::server::uri::{make_uri, shell_quote, Endpoint, UriTls};
 use crate::server::{quit, Server};
 use crate::{filters, log, plugins, VERSION, VERSION_EXTRA};
 use std::io::Write;
@@ -89,6 +90,7 @@ where
     log::debug(format!("using thread model: {}", thread_model.name()));
     let stack = chain.into_stack();
     stack.get_ready()?;
+    let tls = tls::init(&opts)?;
 
     if opts.exit_with_parent {
         arm_exit_with_parent()?;
@@ -104,7 +106,7 @@ where
         _ => None,
     };
     let (listeners, endpoint) = bind(&opts, private_dir.as_ref())?;
-    let uri = make_uri(&endpoint, &opts.exportname);
+    let uri = make_uri(&endpoint, &opts.exportname, uri_tls(&opts, tls.as_deref()));
     log::debug(format!("NBD URI: {uri}"));
 
     if opts.print_uri {
@@ -122,7 +124,7 @@ where
                 drop(listeners);
                 let rc = match &opts.run {
                     Some(command) => {
-                        let vars = run_vars(&opts, &endpoint, &uri);
+                        let vars = run_vars(&opts, &endpoint, &uri, tls.as_deref());
                         let rc = captive::supervise(server, ready, &vars, command);
                         drop(private_dir);
                         rc
@@ -168,6 +170,7 @@ where
             no_mc: opts.no_mc,
             handshake_flags,
             thread_model,
+            tls,
         },
         thread_model,
         threads: if opts.threads == 0 {
@@ -208,13 +211,6 @@ fn check_unsupported(o: &Options) -> Result<()> {
     }
     if o.user.is_some() || o.group.is_some() {
         return not_yet("-u/-g (changing user or group)");
-    }
-    if matches!(o.tls, Some(TlsMode::On | TlsMode::Require))
-        || o.tls_certificates.is_some()
-        || o.tls_psk.is_some()
-        || o.tls_verify_peer
-    {
-        return not_yet("TLS");
     }
     if o.timeout.is_some() {
         return not_yet("--timeout");
@@ -309,6 +305,14 @@ fn check_debug_flags(o: &Options, chain: &mut Chain) -> Result<()> {
                 "-D ({flag}): must have the format NAME.FLAG=N"
             )));
         };
+        // Server flags we accept: TLS session details are always in the
+        // -v output, and OpenSSL has no GnuTLS-style log levels.
+        if matches!(
+            flag.split_once('=').map(|x| x.0),
+            Some("nbdkit.tls.session" | "nbdkit.tls.log")
+        ) {
+            continue;
+        }
         let mut claimed = false;
         for x in chain.filters.iter_mut().filter(|x| x.name() == module) {
             claimed |= x.debug_flag(f, &flag[module.len() + f.len() + 2..])?;
@@ -365,14 +369,17 @@ fn dump_config() -> String {
             "plugindir",
             libdir.join("nbdkit/plugins").display().to_string(),
         ),
-        ("root_tls_certificates_dir", "/etc/pki/nbdkit".into()),
+        (
+            "root_tls_certificates_dir",
+            tls::ROOT_CERTIFICATES_DIR.into(),
+        ),
         ("run_default_socket", "Unix".into()),
         ("sbindir", prefix.join("sbin").display().to_string()),
         ("selinux", "no".into()),
         ("soext", "so".into()),
         ("sysconfdir", "/etc".into()),
         ("timeout_option", "no".into()),
-        ("tls", "no".into()),
+        ("tls", "yes".into()),
         ("version", VERSION.into()),
         ("version_extra", VERSION_EXTRA.into()),
         ("version_major", major.into()),
@@ -493,9 +500,25 @@ fn print_uri(uri: &str) -> Result<()> {
     .map(|_| ())
 }
 
+/// How the URI shows TLS: only when it is required, naming the credentials
+/// actually in use (the PSK file wins over certificates, as in the server).
+fn uri_tls<'a>(o: &'a Options, tls: Option<&Tls>) -> UriTls<'a> {
+    match tls {
+        Some(t) if t.require => match (&o.tls_psk, &o.tls_certificates) {
+            (Some(psk), _) => UriTls::PskFile(psk),
+            (None, Some(dir)) => UriTls::Certificates(dir),
+            (None, None) => UriTls::Required,
+        },
+        _ => UriTls::Off,
+    }
+}
+
 /// The values `--run` gives COMMAND.
-fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str) -> RunVars {
+fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str, tls: Option<&Tls>) -> RunVars {
     RunVars {
+        tls: tls.map(|t| if t.require { 2 } else { 1 }),
+        tls_certificates: o.tls_certificates.clone().unwrap_or_default(),
+        tls_psk: o.tls_psk.clone().unwrap_or_default(),
         uri: uri.to_string(),
         exportname: o.exportname.clone(),
         port: match endpoint {

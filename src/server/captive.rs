@@ -4,7 +4,8 @@
 //! thread exists).  The child is the server.  The parent — the process the
 //! user started — waits until the server says it is ready (pidfile written,
 //! plugins' `after_fork` done), then runs COMMAND under `/bin/sh -c` with the
-//! shell variables `uri`, `nbd`, `exportname`, `port` and `unixsocket` set
+//! shell variables `uri`, `nbd`, `exportname`, `port`, `unixsocket`, `tls`,
+//! `tls_certificates` and `tls_psk` set
 //! (not exported), waits for it, stops the server and exits with COMMAND's
 //! status (or 128+N when a signal killed COMMAND or the server).  The server
 //! gets SIGTERM if the supervisor dies, so it is never left behind.
@@ -76,6 +77,11 @@ pub struct RunVars {
     pub exportname: String,
     pub port: String,
     pub unixsocket: String,
+    /// `$tls`: `None` (unset) when TLS is off, 1 when on, 2 when required.
+    pub tls: Option<u8>,
+    /// `$tls_certificates`, `$tls_psk`: the options as given, or empty.
+    pub tls_certificates: String,
+    pub tls_psk: String,
 }
 
 /// The script handed to `/bin/sh -c`: variable assignments, then COMMAND.
@@ -86,6 +92,14 @@ pub fn script(vars: &RunVars, command: &str) -> String {
     s.push_str(&format!("exportname={}\n", shell_quote(&vars.exportname)));
     s.push_str(&format!("port={}\n", shell_quote(&vars.port)));
     s.push_str(&format!("unixsocket={}\n", shell_quote(&vars.unixsocket)));
+    if let Some(tls) = vars.tls {
+        s.push_str(&format!("tls={tls}\n"));
+    }
+    s.push_str(&format!(
+        "tls_certificates={}\n",
+        shell_quote(&vars.tls_certificates)
+    ));
+    s.push_str(&format!("tls_psk={}\n", shell_quote(&vars.tls_psk)));
     s.push_str(command);
     s.push('\n');
     s
@@ -136,12 +150,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_variables() {
+        let run = |vars: &RunVars| {
+            let out = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script(
+                    vars,
+                    "printf '%s|%s|%s' \"${tls-unset}\" \"$tls_certificates\" \"$tls_psk\"",
+                ))
+                .env_remove("tls")
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run(&RunVars::default()), "unset||");
+        let vars = RunVars {
+            tls: Some(2),
+            tls_certificates: "pki".into(),
+            tls_psk: "my keys.psk".into(),
+            ..RunVars::default()
+        };
+        assert_eq!(run(&vars), "2|pki|my keys.psk");
+    }
+
+    #[test]
     fn script_sets_variables_without_exporting_them() {
         let vars = RunVars {
             uri: "nbd+unix://?socket=/tmp/x y/socket".into(),
             exportname: "it's".into(),
             port: String::new(),
             unixsocket: "/tmp/x y/socket".into(),
+            ..RunVars::default()
         };
         let out = Command::new("/bin/sh")
             .arg("-c")

@@ -14,17 +14,18 @@ static CONNECTION_LOCK: Mutex<()> = Mutex::new(());
 /// Held around every plugin call under `serialize_all_requests`.
 static REQUEST_LOCK: Mutex<()> = Mutex::new(());
 
-/// Split a stream into the read and write halves the protocol code uses.
-pub fn split(stream: Stream) -> io::Result<(Reader, Writer)> {
-    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match stream {
-        Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s)),
-        Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s)),
+/// Split a stream into the read and write halves the protocol code uses,
+/// keeping the stream itself for STARTTLS to run TLS over.
+pub fn split(stream: Stream) -> io::Result<(Reader, Writer, Stream)> {
+    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &stream {
+        Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+        Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
     };
-    Ok((BufReader::with_capacity(READ_BUFFER, r), w))
+    Ok((BufReader::with_capacity(READ_BUFFER, r), w, stream))
 }
 
 /// Serve one connection to the end.
-pub fn handle(server: &Server, reader: Reader, writer: Writer) {
+pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
     let model = server.thread_model;
     let _conn_guard = (model == ThreadModel::SerializeConnections).then(|| lock(&CONNECTION_LOCK));
     let request_lock = (model <= ThreadModel::SerializeAllRequests).then_some(&REQUEST_LOCK);
@@ -44,6 +45,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer) {
         &server.handshake,
         &*server.stack.backend,
         request_lock,
+        Some(socket),
         &mut reader,
         &mut writer,
     );
@@ -75,4 +77,5 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer) {
         Ok(None) => crate::log::debug("client closed the connection during the handshake"),
         Err(e) => crate::log::debug(format!("handshake failed: {e}")),
     }
+    crate::server::tls::clear_peer();
 }

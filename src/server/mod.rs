@@ -9,7 +9,8 @@
 //! - [`quit`]: the single shutdown mechanism;
 //! - [`peer`]: who is connected (address, credentials);
 //! - [`fork`]: forking the serving process off with a readiness pipe;
-//! - [`captive`], [`uri`]: `--run` and the server's URI.
+//! - [`captive`], [`uri`]: `--run` and the server's URI;
+//! - [`tls`]: TLS credentials, STARTTLS and the encrypted stream.
 
 pub mod captive;
 pub mod connection;
@@ -19,6 +20,7 @@ pub mod listen;
 pub mod negotiate;
 pub mod peer;
 pub mod quit;
+pub mod tls;
 pub mod transmission;
 pub mod uri;
 
@@ -200,7 +202,7 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
             crate::log::set_thread_context(Some(name));
             crate::log::debug(format!("accepted connection from {}", peer.describe()));
             peer::set_current(Some(peer));
-            connection::handle(&server, halves.0, halves.1);
+            connection::handle(&server, halves.0, halves.1, halves.2);
             crate::log::debug("connection closed");
             reg.remove(id);
         });

@@ -14,9 +14,11 @@ use crate::protocol::handshake::*;
 use crate::protocol::transmission::ReplyStyle;
 use crate::server::export::Export;
 use crate::server::hold;
+use crate::server::listen::Stream;
+use crate::server::tls::{self, Tls};
 use crate::server::transmission::{read_exact_or_eof, Reader, Writer};
 use std::io::{Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The meta context we offer, and its id.
 pub const BASE_ALLOCATION: &str = "base:allocation";
@@ -32,6 +34,8 @@ pub struct HandshakeConfig {
     /// Handshake flags offered (already masked by `--mask-handshake`).
     pub handshake_flags: u16,
     pub thread_model: ThreadModel,
+    /// TLS credentials; `None` when TLS is off.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// The outcome of a successful handshake.
@@ -46,10 +50,13 @@ pub struct Negotiated {
 const MAX_OPTIONS: usize = 32;
 
 /// Run the handshake.  `Ok(None)` means the client went away or aborted.
+/// `socket` is the connection's socket, for NBD_OPT_STARTTLS to run TLS
+/// over; after it `r` and `w` are the encrypted halves.
 pub fn negotiate(
     cfg: &HandshakeConfig,
     backend: &dyn Backend,
     lock: Option<&Mutex<()>>,
+    socket: Option<Stream>,
     r: &mut Reader,
     w: &mut Writer,
 ) -> Result<Option<Negotiated>> {
@@ -95,6 +102,8 @@ pub fn negotiate(
         meta: None,
         listed: false,
         info_export: None,
+        socket,
+        secure: false,
     };
     n.run(r, w)
 }
@@ -113,6 +122,10 @@ struct Negotiation<'a> {
     /// An export opened by NBD_OPT_INFO, kept for a following GO on the same
     /// name (requested name, export).
     info_export: Option<(String, Export)>,
+    /// The socket, until STARTTLS hands it to TLS.
+    socket: Option<Stream>,
+    /// TLS is on for this connection.
+    secure: bool,
 }
 
 impl Negotiation<'_> {
@@ -153,6 +166,15 @@ impl Negotiation<'_> {
                 )?;
                 continue;
             }
+            if self.tls_required() && !matches!(option, NBD_OPT_STARTTLS | NBD_OPT_ABORT) {
+                if option == NBD_OPT_EXPORT_NAME {
+                    return Err(Error::config(
+                        "client tried to use NBD_OPT_EXPORT_NAME with TLS required, disconnecting",
+                    ));
+                }
+                self.reply_err(w, option, NBD_REP_ERR_TLS_REQD, "TLS is required")?;
+                continue;
+            }
             let parsed = match parse_option(option, &data) {
                 Ok(p) => p,
                 Err(OptionError { reply, message }) => {
@@ -189,7 +211,7 @@ impl Negotiation<'_> {
                     self.listed = true;
                     let list = {
                         let _g = hold(self.lock);
-                        self.backend.list_exports(self.cfg.readonly, false)
+                        self.backend.list_exports(self.cfg.readonly, self.secure)
                     };
                     match list {
                         Ok(list) => {
@@ -203,14 +225,7 @@ impl Negotiation<'_> {
                         Err(e) => self.reply_err(w, option, NBD_REP_ERR_PLATFORM, e.message())?,
                     }
                 }
-                ClientOption::StartTls => {
-                    self.reply_err(
-                        w,
-                        option,
-                        NBD_REP_ERR_UNSUP,
-                        "TLS is not supported by this server",
-                    )?;
-                }
+                ClientOption::StartTls => self.starttls(r, w)?,
                 ClientOption::Info(req) | ClientOption::Go(req) => {
                     let go = option == NBD_OPT_GO;
                     let export = match self.take_or_open(&req.name) {
@@ -348,11 +363,51 @@ impl Negotiation<'_> {
         }
     }
 
+    /// `--tls=require` and this connection is not encrypted yet.
+    fn tls_required(&self) -> bool {
+        !self.secure && self.cfg.tls.as_ref().is_some_and(|t| t.require)
+    }
+
+    /// NBD_OPT_STARTTLS: acknowledge, run the TLS handshake on the socket,
+    /// and forget everything negotiated in plaintext, as the spec requires.
+    fn starttls(&mut self, r: &mut Reader, w: &mut Writer) -> Result<()> {
+        let option = NBD_OPT_STARTTLS;
+        let Some(tls) = self.cfg.tls.clone() else {
+            return self.reply_err(
+                w,
+                option,
+                NBD_REP_ERR_POLICY,
+                "TLS is disabled on this server",
+            );
+        };
+        if self.secure {
+            return self.reply_err(w, option, NBD_REP_ERR_INVALID, "TLS is already in use");
+        }
+        let Some(socket) = self.socket.take() else {
+            return self.reply_err(
+                w,
+                option,
+                NBD_REP_ERR_UNSUP,
+                "TLS is not available on this connection",
+            );
+        };
+        self.reply(w, option, NBD_REP_ACK, &[])?;
+        tls::upgrade(&tls, socket, r, w)?;
+        crate::log::debug("using TLS on this connection");
+        self.secure = true;
+        self.style = ReplyStyle::Simple;
+        self.meta = None;
+        self.listed = false;
+        self.info_export = None;
+        Ok(())
+    }
+
     /// Resolve `""` to the default export and open it.
     fn open(&self, requested: &str) -> Result<Export> {
         let _g = hold(self.lock);
         let name = if requested.is_empty() {
-            self.backend.default_export(self.cfg.readonly, false)?
+            self.backend
+                .default_export(self.cfg.readonly, self.secure)?
         } else {
             requested.to_string()
         };

@@ -49,10 +49,9 @@ pub struct Peer {
     pub creds: Option<UnixCreds>,
     /// The peer's security label (`SO_PEERSEC`), where the kernel has one.
     pub security_label: Option<String>,
-    /// The client certificate, once a TLS session with a verified peer
-    /// certificate is up.  **TLS integration point**: the connection code
-    /// fills this with [`set_tls_peer`] after the TLS handshake; until TLS
-    /// exists it stays `None`, so `dn:`/`issuer-dn:` ip rules never match.
+    /// The client certificate, once a TLS session with a peer certificate
+    /// is up: the TLS code fills this with [`set_tls_peer`] after the
+    /// handshake, so `dn:`/`issuer-dn:` ip rules (checked at open) see it.
     pub tls_peer: Option<TlsPeer>,
 }
 

@@ -25,23 +25,43 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// What a URI says about TLS.  Only `--tls=require` shows: it makes the
+/// scheme `nbds…` and names the credentials the client needs (libnbd reads
+/// `tls-certificates=` and `tls-psk-file=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriTls<'a> {
+    /// TLS is off or optional: a plain `nbd…` URI.
+    Off,
+    /// TLS is required, with credentials from a default place.
+    Required,
+    /// TLS is required; `--tls-certificates` names this directory.
+    Certificates(&'a str),
+    /// TLS is required; `--tls-psk` names this key file.
+    PskFile(&'a str),
+}
+
 /// The URI in the NBD URI spec's preferred form:
 /// `nbd+unix://?socket=PATH`, `nbd+unix:///NAME?socket=PATH`,
-/// `nbd://localhost[:PORT][/NAME]`.
-pub fn make_uri(endpoint: &Endpoint, exportname: &str) -> String {
+/// `nbd://localhost[:PORT][/NAME]`, or with TLS required
+/// `nbds+unix://?socket=PATH&tls-certificates=DIR`,
+/// `nbds://localhost[:PORT][/NAME]?tls-psk-file=FILE` and so on.
+pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> String {
+    let s = if tls == UriTls::Off { "" } else { "s" };
     let mut uri = String::new();
+    let mut sep = '?';
     match endpoint {
         Endpoint::Unix(path) => {
-            uri.push_str("nbd+unix://");
+            let _ = write!(uri, "nbd{s}+unix://");
             if !exportname.is_empty() {
                 uri.push('/');
                 uri.push_str(&percent_encode(exportname));
             }
             uri.push_str("?socket=");
             uri.push_str(&percent_encode(path));
+            sep = '&';
         }
         Endpoint::Tcp(port) => {
-            uri.push_str("nbd://localhost");
+            let _ = write!(uri, "nbd{s}://localhost");
             if let Some(p) = port {
                 let _ = write!(uri, ":{p}");
             }
@@ -50,6 +70,14 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str) -> String {
                 uri.push_str(&percent_encode(exportname));
             }
         }
+    }
+    let query = match tls {
+        UriTls::Certificates(dir) => Some(("tls-certificates", dir)),
+        UriTls::PskFile(file) => Some(("tls-psk-file", file)),
+        UriTls::Off | UriTls::Required => None,
+    };
+    if let Some((key, value)) = query {
+        let _ = write!(uri, "{sep}{key}={}", percent_encode(value));
     }
     uri
 }
@@ -82,32 +110,59 @@ mod tests {
     fn unix_uris() {
         let ep = Endpoint::Unix("/tmp/nbdkitAbc/socket".into());
         assert_eq!(
-            make_uri(&ep, ""),
+            make_uri(&ep, "", UriTls::Off),
             "nbd+unix://?socket=/tmp/nbdkitAbc/socket"
         );
         assert_eq!(
-            make_uri(&ep, "foo"),
+            make_uri(&ep, "foo", UriTls::Off),
             "nbd+unix:///foo?socket=/tmp/nbdkitAbc/socket"
         );
         assert_eq!(
-            make_uri(&ep, "a b/c?d&e%"),
+            make_uri(&ep, "a b/c?d&e%", UriTls::Off),
             "nbd+unix:///a%20b/c%3Fd%26e%25?socket=/tmp/nbdkitAbc/socket"
         );
         let ep = Endpoint::Unix("/tmp/work/my sock".into());
-        assert_eq!(make_uri(&ep, ""), "nbd+unix://?socket=/tmp/work/my%20sock");
+        assert_eq!(
+            make_uri(&ep, "", UriTls::Off),
+            "nbd+unix://?socket=/tmp/work/my%20sock"
+        );
     }
 
     #[test]
     fn tcp_uris() {
         assert_eq!(
-            make_uri(&Endpoint::Tcp(Some(10999)), ""),
+            make_uri(&Endpoint::Tcp(Some(10999)), "", UriTls::Off),
             "nbd://localhost:10999"
         );
         assert_eq!(
-            make_uri(&Endpoint::Tcp(Some(10999)), "foo"),
+            make_uri(&Endpoint::Tcp(Some(10999)), "foo", UriTls::Off),
             "nbd://localhost:10999/foo"
         );
-        assert_eq!(make_uri(&Endpoint::Tcp(None), ""), "nbd://localhost");
+        assert_eq!(
+            make_uri(&Endpoint::Tcp(None), "", UriTls::Off),
+            "nbd://localhost"
+        );
+    }
+
+    #[test]
+    fn tls_uris() {
+        let unix = Endpoint::Unix("/tmp/s".into());
+        assert_eq!(
+            make_uri(&unix, "", UriTls::Certificates("/my pki")),
+            "nbds+unix://?socket=/tmp/s&tls-certificates=/my%20pki"
+        );
+        assert_eq!(
+            make_uri(&unix, "d", UriTls::PskFile("keys.psk")),
+            "nbds+unix:///d?socket=/tmp/s&tls-psk-file=keys.psk"
+        );
+        assert_eq!(
+            make_uri(&Endpoint::Tcp(Some(10999)), "d", UriTls::PskFile("/k")),
+            "nbds://localhost:10999/d?tls-psk-file=/k"
+        );
+        assert_eq!(
+            make_uri(&Endpoint::Tcp(None), "", UriTls::Required),
+            "nbds://localhost"
+        );
     }
 
     #[test]

@@ -13,3 +13,4 @@ mod lifecycle;
 mod memory;
 mod null;
 mod protocol;
+mod tls;

@@ -19,6 +19,8 @@ pub fn split(stream: Stream) -> io::Result<(Reader, Writer)> {
     let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match stream {
         Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s)),
         Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s)),
+        Stream::Vsock(s) => (Box::new(s.try_clone()?), Box::new(s)),
+        Stream::Stdio { input, output } => (Box::new(input), Box::new(output)),
     };
     Ok((BufReader::with_capacity(READ_BUFFER, r), w))
 }
@@ -36,6 +38,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer) {
         &mut reader,
         &mut writer,
     );
+    crate::server::timeout::handshake_done();
     match negotiated {
         Ok(Some(Negotiated {
             export,

@@ -10,6 +10,8 @@ pub enum Endpoint {
     Tcp(Option<u16>),
     /// A Unix socket path.
     Unix(String),
+    /// AF_VSOCK: the port, if one was given.
+    Vsock(Option<u32>),
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters and `/`.
@@ -27,16 +29,14 @@ pub fn percent_encode(s: &str) -> String {
 
 /// The URI in the NBD URI spec's preferred form:
 /// `nbd+unix://?socket=PATH`, `nbd+unix:///NAME?socket=PATH`,
-/// `nbd://localhost[:PORT][/NAME]`.
+/// `nbd://localhost[:PORT][/NAME]`, `nbd+vsock://1[:PORT][/NAME]` (CID 1 is
+/// the local machine).
 pub fn make_uri(endpoint: &Endpoint, exportname: &str) -> String {
     let mut uri = String::new();
     match endpoint {
         Endpoint::Unix(path) => {
             uri.push_str("nbd+unix://");
-            if !exportname.is_empty() {
-                uri.push('/');
-                uri.push_str(&percent_encode(exportname));
-            }
+            push_export(&mut uri, exportname);
             uri.push_str("?socket=");
             uri.push_str(&percent_encode(path));
         }
@@ -45,13 +45,24 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str) -> String {
             if let Some(p) = port {
                 let _ = write!(uri, ":{p}");
             }
-            if !exportname.is_empty() {
-                uri.push('/');
-                uri.push_str(&percent_encode(exportname));
+            push_export(&mut uri, exportname);
+        }
+        Endpoint::Vsock(port) => {
+            uri.push_str("nbd+vsock://1");
+            if let Some(p) = port {
+                let _ = write!(uri, ":{p}");
             }
+            push_export(&mut uri, exportname);
         }
     }
     uri
+}
+
+fn push_export(uri: &mut String, exportname: &str) {
+    if !exportname.is_empty() {
+        uri.push('/');
+        uri.push_str(&percent_encode(exportname));
+    }
 }
 
 /// Quote `s` for `/bin/sh`: bare when it is made only of safe characters,
@@ -108,6 +119,18 @@ mod tests {
             "nbd://localhost:10999/foo"
         );
         assert_eq!(make_uri(&Endpoint::Tcp(None), ""), "nbd://localhost");
+    }
+
+    #[test]
+    fn vsock_uris() {
+        assert_eq!(
+            make_uri(&Endpoint::Vsock(Some(4294967295)), ""),
+            "nbd+vsock://1:4294967295"
+        );
+        assert_eq!(
+            make_uri(&Endpoint::Vsock(None), "a b"),
+            "nbd+vsock://1/a%20b"
+        );
     }
 
     #[test]

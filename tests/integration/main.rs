@@ -12,3 +12,4 @@ mod lifecycle;
 mod memory;
 mod null;
 mod protocol;
+mod service;

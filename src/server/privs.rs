@@ -22,22 +22,16 @@ impl Identity {
     pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Identity> {
         let uid = user
             .map(|u| {
-                let by_name = User::from_name(u).ok().flatten().map(|p| p.uid);
-                by_name
-                    .or_else(|| u.parse::<u32>().ok().map(Uid::from_raw))
-                    .ok_or_else(|| {
-                        Error::config(format!("-u option: {u} is not a valid user name or uid"))
-                    })
+                lookup(u, "-u", "user name or uid", |n| {
+                    User::from_name(n).ok().flatten().map(|p| p.uid)
+                })
             })
             .transpose()?;
         let gid = group
             .map(|g| {
-                let by_name = Group::from_name(g).ok().flatten().map(|gr| gr.gid);
-                by_name
-                    .or_else(|| g.parse::<u32>().ok().map(Gid::from_raw))
-                    .ok_or_else(|| {
-                        Error::config(format!("-g option: {g} is not a valid group name or gid"))
-                    })
+                lookup(g, "-g", "group name or gid", |n| {
+                    Group::from_name(n).ok().flatten().map(|gr| gr.gid)
+                })
             })
             .transpose()?;
         Ok(Identity { uid, gid })
@@ -56,6 +50,18 @@ impl Identity {
         }
         Ok(())
     }
+}
+
+/// `name` looked up with `by_name`, else read as a number.
+fn lookup<T: From<u32>>(
+    name: &str,
+    option: &str,
+    what: &str,
+    by_name: impl Fn(&str) -> Option<T>,
+) -> Result<T> {
+    by_name(name)
+        .or_else(|| name.parse::<u32>().ok().map(T::from))
+        .ok_or_else(|| Error::config(format!("{option} option: {name} is not a valid {what}")))
 }
 
 #[cfg(test)]

@@ -152,8 +152,12 @@ fn socket_activation_serves_inherited_sockets_without_forking() {
         dir.path(),
         &["-v", "-P", pidfile.to_str().unwrap(), "memory", "1M"],
     );
-    let pid: u32 = p.wait_for_file(&pidfile).trim().parse().unwrap();
-    assert_eq!(pid, p.pid(), "the activated server must not fork");
+    p.wait_for_file(&pidfile);
+    assert_eq!(
+        read_pid(&pidfile),
+        p.pid() as i32,
+        "the activated server must not fork"
+    );
     for _ in 0..3 {
         assert_eq!(nbdinfo(&["--size", &unix_uri(&sock)]).trim(), "1048576");
         let tcp = format!("nbd://127.0.0.1:{port}");
@@ -378,12 +382,7 @@ fn single_with_stdin_a_plain_file() {
     ack.extend_from_slice(&1u32.to_be_bytes());
     ack.extend_from_slice(&0u32.to_be_bytes());
     assert!(out.ends_with(&ack), "{out:?}");
-    let written: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(written, pid, "-s never forks");
+    assert_eq!(read_pid(&pidfile), pid as i32, "-s never forks");
 }
 
 #[test]
@@ -695,25 +694,11 @@ fn log_default_is_syslog_once_in_the_background() {
         TIMEOUT,
     );
     assert_success(&o, "background nbdkit");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     assert_eq!(python(&unix_uri(&sock), BAD_READ, &[]).trim(), "refused");
     let msg = syslog.expect("invalid request");
     assert!(msg.contains(&format!("nbdkit[{pid}]: ")), "{msg}");
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
-        assert!(start.elapsed() < TIMEOUT, "daemon {pid} ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    terminate(pid);
 }
 
 // ---- sd_notify ----
@@ -766,14 +751,9 @@ fn sd_notify_ready_and_stopping() {
         .args(["memory", "1M"]);
     let o = run_cmd(&mut c, TIMEOUT);
     assert_success(&o, "background nbdkit");
-    let daemon: i32 = std::fs::read_to_string(&pid2)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let daemon = read_pid(&pid2);
     assert_eq!(recv_text(&notify), format!("READY=1\nMAINPID={daemon}\n"));
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(daemon, libc::SIGTERM) };
+    terminate(daemon);
     assert_eq!(recv_text(&notify), "STOPPING=1\n");
 }
 

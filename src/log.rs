@@ -56,8 +56,8 @@ pub fn parse_destination(opt: Option<&str>) -> Result<Option<Destination>> {
 pub fn set_destination(dest: Destination) {
     if matches!(dest, Destination::Syslog) {
         // SAFETY: the identity is a static C string, as openlog requires
-        // (it keeps the pointer); LOG_PID and LOG_USER are plain flags.
-        unsafe { libc::openlog(c"nbdkit".as_ptr(), libc::LOG_PID, libc::LOG_USER) };
+        // (it keeps the pointer); LOG_PID and LOG_DAEMON are plain flags.
+        unsafe { libc::openlog(c"nbdkit".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
     }
     *DESTINATION.lock().unwrap_or_else(|p| p.into_inner()) = dest;
 }

@@ -314,3 +314,46 @@ impl Drop for PrivateDir {
         self.remove();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adopts_listening_sockets_by_family() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(adopt(tcp.into()), Ok(Listener::Tcp(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let unix = UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(matches!(adopt(unix.into()), Ok(Listener::Unix(_))));
+        // Bound but not listening, a datagram socket, a plain file.
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        assert!(adopt(sock.into()).is_err());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(adopt(udp.into()).is_err());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(adopt(file.into()).is_err());
+    }
+
+    #[test]
+    fn stale_sockets_are_replaced_live_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(is_stale_socket(&path));
+        let live = bind_unix(&path).unwrap();
+        assert!(!is_stale_socket(&path));
+        assert!(bind_unix(&path).is_err());
+        drop(live);
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(!is_stale_socket(&file));
+    }
+
+    #[test]
+    fn vsock_ports_are_32_bit() {
+        assert_eq!(parse_vsock_port("4294967295").unwrap(), u32::MAX);
+        assert!(parse_vsock_port("4294967296").is_err());
+        assert!(parse_vsock_port("-1").is_err());
+    }
+}

@@ -11,8 +11,10 @@ use crate::server::captive::{self, RunVars};
 use crate::server::fork::{self, Role};
 use crate::server::listen::{self, Listener, PrivateDir};
 use crate::server::negotiate::HandshakeConfig;
+use crate::server::privs::Identity;
 use crate::server::tls::{self, Tls};
 use crate::server::uri::{make_uri, shell_quote, Endpoint, UriTls};
+use crate::server::{activation, notify, single};
 use crate::server::{quit, Server};
 use crate::{filters, log, plugins, VERSION, VERSION_EXTRA};
 use std::io::Write;
@@ -52,6 +54,13 @@ where
     }
     log::set_verbose(opts.verbose);
     log::debug(format!("nbdkit {VERSION} ({VERSION_EXTRA})"));
+    let log_choice = log::parse_destination(opts.log.as_deref())?;
+    let default_log = log_choice.is_none();
+    if let Some(dest) = log_choice {
+        log::set_destination(dest);
+    }
+    // Before anything could start a child that would inherit LISTEN_*.
+    let activated = activation::detect()?;
 
     let Some(plugin_name) = opts.plugin.clone() else {
         return match opts.action {
@@ -70,7 +79,16 @@ where
     check_unsupported(&opts)?;
     if opts.action == Action::Serve || opts.action == Action::DumpPlugin {
         check_conflicts(&opts)?;
+        if activated.is_some() {
+            activation::check_conflicts(&opts)?;
+        }
     }
+    let identity = Identity::resolve(opts.user.as_deref(), opts.group.as_deref())?;
+    let handshake_timeout = opts
+        .timeout
+        .as_deref()
+        .map(|t| crate::parse::parse_delay("--timeout", t))
+        .transpose()?;
 
     let mut chain = load_chain(&opts, &plugin_name)?;
     check_debug_flags(&opts, &mut chain)?;
@@ -98,25 +116,41 @@ where
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
 
     // --run implies a private Unix socket unless a port was given.
-    if opts.run.is_some() && opts.unix.is_none() && opts.port.is_none() {
+    if opts.run.is_some() && opts.unix.is_none() && opts.port.is_none() && !opts.vsock {
         opts.unix = Some(UnixSocket::Private);
     }
     let private_dir = match opts.unix {
         Some(UnixSocket::Private) => Some(PrivateDir::create()?),
         _ => None,
     };
-    let (listeners, endpoint) = bind(&opts, private_dir.as_ref())?;
-    let uri = make_uri(&endpoint, &opts.exportname, uri_tls(&opts, tls.as_deref()));
-    log::debug(format!("NBD URI: {uri}"));
-
-    if opts.print_uri {
-        print_uri(&uri)?;
+    // Socket activation and -s run in the foreground, and have no URI: the
+    // listener is not ours.
+    let service_managed = activated.is_some() || opts.single;
+    let (listeners, endpoint) = match activated {
+        Some(a) => (a.listeners()?, None),
+        None if opts.single => (Vec::new(), None),
+        None => bind(&opts, private_dir.as_ref()).map(|(l, e)| (l, Some(e)))?,
+    };
+    let uri = endpoint
+        .as_ref()
+        .map(|e| make_uri(e, &opts.exportname, uri_tls(&opts, tls.as_deref())));
+    if let Some(uri) = &uri {
+        log::debug(format!("NBD URI: {uri}"));
+        if opts.print_uri {
+            print_uri(uri)?;
+        }
     }
+    let single_stream = if opts.single {
+        Some(single::take_stdio()?)
+    } else {
+        None
+    };
 
     // Fork off the server for --run (the parent supervises COMMAND) or to go
     // into the background (the parent exits).  No thread exists yet: plugins
     // start theirs in after_fork.
-    let background = !(opts.foreground || opts.run.is_some() || opts.exit_with_parent);
+    let background =
+        !(opts.foreground || opts.run.is_some() || opts.exit_with_parent || service_managed);
     let mut ready = None;
     if opts.run.is_some() || background {
         match fork::fork(opts.run.is_some())? {
@@ -124,7 +158,13 @@ where
                 drop(listeners);
                 let rc = match &opts.run {
                     Some(command) => {
-                        let vars = run_vars(&opts, &endpoint, &uri, tls.as_deref());
+                        let endpoint = endpoint.expect("--run is refused without a URI");
+                        let vars = run_vars(
+                            &opts,
+                            &endpoint,
+                            uri.as_deref().unwrap_or(""),
+                            tls.as_deref(),
+                        );
                         let rc = captive::supervise(server, ready, &vars, command);
                         drop(private_dir);
                         rc
@@ -132,7 +172,13 @@ where
                     None => {
                         // The daemon owns the private socket directory now.
                         std::mem::forget(private_dir);
-                        fork::wait_ready(server, ready).err().unwrap_or(0)
+                        match fork::wait_ready(server, ready) {
+                            Ok(()) => {
+                                notify::ready(server.as_raw() as u32);
+                                0
+                            }
+                            Err(rc) => rc,
+                        }
                     }
                 };
                 return Ok(rc);
@@ -145,6 +191,7 @@ where
         }
     }
 
+    identity.assume()?;
     quit::install_signal_handlers()?;
     redirect_stdio_to_null()?;
     stack.after_fork()?;
@@ -153,11 +200,19 @@ where
     }
     if let Some(ready) = ready {
         ready.signal();
-        // A daemon's errors were visible until now; afterwards stderr goes
-        // to /dev/null unless -v keeps it for debug messages.
-        if background && !opts.verbose {
-            redirect_stderr_to_null()?;
+        // A daemon's errors were visible until now; afterwards they go to
+        // syslog (unless --log says otherwise) and stderr to /dev/null
+        // unless -v keeps it for debug messages.
+        if background {
+            if default_log {
+                log::set_destination(log::Destination::Syslog);
+            }
+            if !opts.verbose {
+                redirect_stderr_to_null()?;
+            }
         }
+    } else {
+        notify::ready(std::process::id());
     }
 
     let handshake_flags = (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
@@ -179,9 +234,13 @@ where
             opts.threads
         },
         keepalive: opts.keepalive,
+        timeout: handshake_timeout,
         stack,
     });
-    let result = crate::server::serve(server.clone(), listeners);
+    let result = match single_stream {
+        Some(stream) => single::serve(&server, stream),
+        None => crate::server::serve(server.clone(), listeners),
+    };
     server.stack.cleanup();
     drop(private_dir);
     result.map(|()| 0)
@@ -203,33 +262,11 @@ fn check_unsupported(o: &Options) -> Result<()> {
             "{what} is not supported by this nbdkit yet"
         )))
     };
-    if o.single {
-        return not_yet("-s (--single)");
-    }
-    if o.vsock {
-        return not_yet("--vsock");
-    }
-    if o.user.is_some() || o.group.is_some() {
-        return not_yet("-u/-g (changing user or group)");
-    }
-    if o.timeout.is_some() {
-        return not_yet("--timeout");
-    }
     if o.selinux_label.is_some() {
         return not_yet("--selinux-label");
     }
     if o.swap {
         return not_yet("--swap");
-    }
-    match o.log.as_deref() {
-        None | Some("default") | Some("stderr") => {}
-        Some("syslog") | Some("null") => return not_yet("--log=syslog/null"),
-        Some(p) if p.starts_with('/') => return not_yet("--log=FILE"),
-        Some(_) => {
-            return Err(Error::config(
-                "--log must be \"default\", \"stderr\", \"syslog\", \"null\", or an absolute path",
-            ))
-        }
     }
     Ok(())
 }
@@ -378,13 +415,13 @@ fn dump_config() -> String {
         ("selinux", "no".into()),
         ("soext", "so".into()),
         ("sysconfdir", "/etc".into()),
-        ("timeout_option", "no".into()),
+        ("timeout_option", "yes".into()),
         ("tls", "yes".into()),
         ("version", VERSION.into()),
         ("version_extra", VERSION_EXTRA.into()),
         ("version_major", major.into()),
         ("version_minor", minor.into()),
-        ("vsock_option", "no".into()),
+        ("vsock_option", "yes".into()),
         ("zstd", "yes".into()),
     ];
     lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
@@ -479,6 +516,15 @@ fn bind(o: &Options, private: Option<&PrivateDir>) -> Result<(Vec<Listener>, End
         let l = listen::bind_unix(&path)?;
         return Ok((vec![l], Endpoint::Unix(path.display().to_string())));
     }
+    if o.vsock {
+        let port = match &o.port {
+            Some(p) => listen::parse_vsock_port(p)?,
+            None => listen::DEFAULT_PORT.into(),
+        };
+        let l = listen::bind_vsock(port)?;
+        let shown = (o.port.is_some() || o.run.is_some()).then_some(port);
+        return Ok((vec![l], Endpoint::Vsock(shown)));
+    }
     let port = match &o.port {
         Some(p) => listen::parse_port(p)?,
         None => listen::DEFAULT_PORT,
@@ -523,6 +569,7 @@ fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str, tls: Option<&Tls>) -> R
         exportname: o.exportname.clone(),
         port: match endpoint {
             Endpoint::Tcp(Some(p)) => p.to_string(),
+            Endpoint::Vsock(Some(p)) => p.to_string(),
             _ => String::new(),
         },
         unixsocket: match endpoint {

@@ -1,16 +1,94 @@
 //! Error and debug messages in nbdkit's format.
 //!
-//! Errors always go to stderr as `nbdkit: [NAME[CONN]: ]error: MSG`; debug
-//! messages (`-v`) as `nbdkit: [NAME[CONN]: ]debug: MSG`.  The optional
-//! `NAME[CONN]` prefix names the thread's layer and connection number, set by
-//! the server with [`set_thread_context`].  Control characters in debug
-//! messages are escaped so a log line stays one line.
+//! Errors and warnings go where `--log` says (see [`Destination`]): on
+//! stderr or in a file as `nbdkit: [NAME[CONN]: ]error: MSG`, or to syslog.
+//! Debug messages (`-v`) always go to stderr as
+//! `nbdkit: [NAME[CONN]: ]debug: MSG`.  The optional `NAME[CONN]` prefix
+//! names the thread's layer and connection number, set by the server with
+//! [`set_thread_context`].  Control characters in debug messages are escaped
+//! so a log line stays one line.
 
+use crate::error::{Error, Result};
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Where errors and warnings go (`--log`).
+#[derive(Debug)]
+pub enum Destination {
+    Stderr,
+    /// The system log through `/dev/log`, as `nbdkit[PID]: MSG`.
+    Syslog,
+    /// Discarded.
+    Null,
+    /// Appended to a file.
+    File(std::fs::File),
+}
+
+static DESTINATION: Mutex<Destination> = Mutex::new(Destination::Stderr);
+
+/// What `--log` asked for: `Ok(None)` for the default (stderr, or syslog
+/// once the server has gone into the background).
+pub fn parse_destination(opt: Option<&str>) -> Result<Option<Destination>> {
+    Ok(Some(match opt {
+        None | Some("default") => return Ok(None),
+        Some("stderr") => Destination::Stderr,
+        Some("syslog") => Destination::Syslog,
+        Some("null") => Destination::Null,
+        Some(p) if p.starts_with('/') => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .map(Destination::File)
+            .map_err(|e| Error::io(e, format!("--log: {p}")))?,
+        Some(_) => {
+            return Err(Error::config(
+                "--log must be \"default\", \"stderr\", \"syslog\", \"null\", or an absolute path",
+            ))
+        }
+    }))
+}
+
+/// Send errors and warnings to `dest` from now on.
+pub fn set_destination(dest: Destination) {
+    if matches!(dest, Destination::Syslog) {
+        // SAFETY: the identity is a static C string, as openlog requires
+        // (it keeps the pointer); LOG_PID and LOG_DAEMON are plain flags.
+        unsafe { libc::openlog(c"nbdkit".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    }
+    *DESTINATION.lock().unwrap_or_else(|p| p.into_inner()) = dest;
+}
+
+/// Write an error (`level` "error") or warning to the chosen destination.
+fn emit(level: &str, priority: libc::c_int, msg: &str) {
+    let dest = DESTINATION.lock().unwrap_or_else(|p| p.into_inner());
+    match &*dest {
+        Destination::Stderr => {
+            let line = format!("{}{level}: {msg}\n", prefix());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+        Destination::File(f) => {
+            let line = format!("{}{level}: {msg}\n", prefix());
+            let _ = (&*f).write_all(line.as_bytes());
+        }
+        Destination::Null => {}
+        Destination::Syslog => {
+            // The priority says it is an error; the text names the thread.
+            let text = CONTEXT.with(|c| match &*c.borrow() {
+                Some(ctx) => format!("{ctx}: {msg}"),
+                None => msg.to_string(),
+            });
+            let text =
+                std::ffi::CString::new(text.replace('\0', "\\0")).expect("NUL bytes were replaced");
+            // SAFETY: both pointers are valid NUL-terminated strings for the
+            // duration of the call, and "%s" consumes exactly one of them.
+            unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+        }
+    }
+}
 
 thread_local! {
     static CONTEXT: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -38,16 +116,14 @@ fn prefix() -> String {
     })
 }
 
-/// Print an error message (always shown).
+/// Report an error (always, to the `--log` destination).
 pub fn error(msg: impl AsRef<str>) {
-    let line = format!("{}error: {}\n", prefix(), msg.as_ref());
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    emit("error", libc::LOG_ERR, msg.as_ref());
 }
 
-/// Print a warning (always shown).
+/// Report a warning (always, to the `--log` destination).
 pub fn warning(msg: impl AsRef<str>) {
-    let line = format!("{}warning: {}\n", prefix(), msg.as_ref());
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    emit("warning", libc::LOG_WARNING, msg.as_ref());
 }
 
 /// Print a debug message if `-v` was given.
@@ -80,6 +156,23 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_option_words() {
+        assert!(parse_destination(None).unwrap().is_none());
+        assert!(parse_destination(Some("default")).unwrap().is_none());
+        assert!(matches!(
+            parse_destination(Some("null")),
+            Ok(Some(Destination::Null))
+        ));
+        assert!(matches!(
+            parse_destination(Some("syslog")),
+            Ok(Some(Destination::Syslog))
+        ));
+        let e = parse_destination(Some("relative.log")).unwrap_err();
+        assert!(e.message().contains("absolute path"), "{}", e.message());
+        assert!(parse_destination(Some("/nonexistent/dir/x.log")).is_err());
+    }
 
     #[test]
     fn escapes_control_characters() {

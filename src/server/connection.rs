@@ -20,6 +20,10 @@ pub fn split(stream: Stream) -> io::Result<(Reader, Writer, Stream)> {
     let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &stream {
         Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
         Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+        Stream::Vsock(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+        Stream::Stdio { input, output } => {
+            (Box::new(input.try_clone()?), Box::new(output.try_clone()?))
+        }
     };
     Ok((BufReader::with_capacity(READ_BUFFER, r), w, stream))
 }
@@ -49,6 +53,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
         &mut reader,
         &mut writer,
     );
+    crate::server::timeout::handshake_done();
     match negotiated {
         Ok(Some(Negotiated {
             export,

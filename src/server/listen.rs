@@ -1,4 +1,6 @@
-//! Listening sockets: TCP (every address, or `-i`), Unix (`-U PATH`, `-U -`).
+//! Listening sockets: TCP (every address, or `-i`), Unix (`-U PATH`, `-U -`),
+//! AF_VSOCK (`--vsock`), and the accepted streams, including the one on
+//! stdin/stdout for `-s`.
 //!
 //! Binding happens before the server forks or starts any thread, so that a
 //! `--run` command, a pidfile reader or a client never sees a server that is
@@ -8,6 +10,7 @@ use crate::cli::Family;
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use socket2::{Domain, Socket, Type};
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,12 +23,20 @@ pub const DEFAULT_PORT: u16 = 10809;
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    Vsock(Socket),
 }
 
 /// One accepted connection.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Vsock(Socket),
+    /// `-s`: the client is on stdin and stdout, which may be one socket, a
+    /// pair of pipes, or even a plain file holding the client's bytes.
+    Stdio {
+        input: File,
+        output: File,
+    },
 }
 
 impl Stream {
@@ -45,6 +56,11 @@ impl Stream {
                 s.set_nonblocking(false)?;
                 s.as_fd().try_clone_to_owned()
             }
+            Stream::Vsock(s) => {
+                s.set_nonblocking(false)?;
+                s.as_fd().try_clone_to_owned()
+            }
+            Stream::Stdio { input, .. } => input.as_fd().try_clone_to_owned(),
         }
     }
 }
@@ -54,6 +70,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l) => l.as_fd(),
+            Listener::Vsock(l) => l.as_fd(),
         }
     }
 
@@ -66,6 +83,7 @@ impl Listener {
                 Ok(Stream::Tcp(s))
             }
             Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
+            Listener::Vsock(l) => Ok(Stream::Vsock(l.accept()?.0)),
         }
     }
 
@@ -73,6 +91,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(on),
             Listener::Unix(l) => l.set_nonblocking(on),
+            Listener::Vsock(l) => l.set_nonblocking(on),
         }
     }
 
@@ -90,6 +109,10 @@ impl Listener {
             {
                 Some(p) => format!("unix {}", p.display()),
                 None => "unix ?".into(),
+            },
+            Listener::Vsock(l) => match l.local_addr().ok().and_then(|a| a.as_vsock_address()) {
+                Some((_, port)) => format!("vsock port {port}"),
+                None => "vsock ?".into(),
             },
         }
     }
@@ -176,7 +199,9 @@ fn bind_one_tcp(addr: SocketAddr) -> Result<TcpListener> {
     Ok(sock.into())
 }
 
-/// Bind a Unix-domain listener at `path`.
+/// Bind a Unix-domain listener at `path`.  A socket left behind by a server
+/// that is gone (connecting to it is refused) is replaced; a live one, or
+/// anything that is not a socket, is left alone and the bind fails.
 pub fn bind_unix(path: &Path) -> Result<Listener> {
     // sun_path holds 108 bytes including the terminating NUL.
     if path.as_os_str().len() >= 108 {
@@ -185,9 +210,80 @@ pub fn bind_unix(path: &Path) -> Result<Listener> {
             path.display()
         )));
     }
-    let l = UnixListener::bind(path).map_err(|e| Error::io(e, path.display()))?;
+    let l = match UnixListener::bind(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && is_stale_socket(path) => {
+            crate::log::debug(format!(
+                "{}: removing a stale socket (nothing listens on it)",
+                path.display()
+            ));
+            std::fs::remove_file(path).map_err(|e| Error::io(e, path.display()))?;
+            UnixListener::bind(path)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io(e, path.display()))?;
     crate::log::debug(format!("bound to unix socket {}", path.display()));
     Ok(Listener::Unix(l))
+}
+
+/// Is `path` a socket that nobody listens on any more?
+fn is_stale_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    is_socket
+        && matches!(UnixStream::connect(path),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// `VMADDR_CID_ANY`: listen on every context ID of this machine.
+const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// Parse a `--vsock` port: any 32-bit number.
+pub fn parse_vsock_port(s: &str) -> Result<u32> {
+    s.parse::<u32>().map_err(|_| {
+        Error::config(format!(
+            "-p: invalid vsock port number '{s}' (expecting 0-4294967295)"
+        ))
+    })
+}
+
+/// Bind an AF_VSOCK listener on every CID at `port`.
+pub fn bind_vsock(port: u32) -> Result<Listener> {
+    let ctx = |e: std::io::Error| Error::io(e, format!("bind vsock port {port}"));
+    let sock = Socket::new(Domain::VSOCK, Type::STREAM, None)
+        .map_err(|e| Error::io(e, "socket: AF_VSOCK (is the vsock kernel module loaded?)"))?;
+    sock.bind(&socket2::SockAddr::vsock(VMADDR_CID_ANY, port))
+        .map_err(ctx)?;
+    sock.listen(libc::SOMAXCONN).map_err(ctx)?;
+    crate::log::debug(format!("bound to vsock port {port}"));
+    Ok(Listener::Vsock(sock))
+}
+
+/// Turn a socket inherited from a service manager into a listener of the
+/// right kind; anything that is not a listening stream socket is refused.
+pub fn adopt(fd: OwnedFd) -> Result<Listener> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let sock = Socket::from(fd);
+    let what = |e: std::io::Error| Error::io(e, format!("socket activation: fd {raw}"));
+    let listening =
+        sock.r#type().map_err(what)? == Type::STREAM && sock.is_listener().map_err(what)?;
+    if !listening {
+        return Err(Error::config(format!(
+            "socket activation: fd {raw} is not a listening stream socket"
+        )));
+    }
+    let domain = sock.domain().map_err(what)?;
+    Ok(if domain == Domain::UNIX {
+        Listener::Unix(UnixListener::from(OwnedFd::from(sock)))
+    } else if domain == Domain::IPV4 || domain == Domain::IPV6 {
+        Listener::Tcp(TcpListener::from(sock))
+    } else if domain == Domain::VSOCK {
+        Listener::Vsock(sock)
+    } else {
+        return Err(Error::config(format!(
+            "socket activation: fd {raw} has an unsupported address family"
+        )));
+    })
 }
 
 /// A private directory `/tmp/nbdkitXXXXXX` for `-U -`, removed on drop.
@@ -216,5 +312,48 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adopts_listening_sockets_by_family() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(adopt(tcp.into()), Ok(Listener::Tcp(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let unix = UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(matches!(adopt(unix.into()), Ok(Listener::Unix(_))));
+        // Bound but not listening, a datagram socket, a plain file.
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        assert!(adopt(sock.into()).is_err());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(adopt(udp.into()).is_err());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(adopt(file.into()).is_err());
+    }
+
+    #[test]
+    fn stale_sockets_are_replaced_live_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(is_stale_socket(&path));
+        let live = bind_unix(&path).unwrap();
+        assert!(!is_stale_socket(&path));
+        assert!(bind_unix(&path).is_err());
+        drop(live);
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(!is_stale_socket(&file));
+    }
+
+    #[test]
+    fn vsock_ports_are_32_bit() {
+        assert_eq!(parse_vsock_port("4294967295").unwrap(), u32::MAX);
+        assert!(parse_vsock_port("4294967296").is_err());
+        assert!(parse_vsock_port("-1").is_err());
     }
 }

@@ -1,8 +1,11 @@
 //! The server: listeners, connections, handshake state, request dispatch
 //! and shutdown, kept apart from the plugins and filters it drives.
 //!
-//! - [`listen`]: binding TCP and Unix sockets;
+//! - [`listen`]: binding TCP, Unix and vsock sockets;
+//! - [`activation`]: sockets passed by systemd (`LISTEN_FDS`);
+//! - [`single`]: `-s`, one connection on stdin/stdout;
 //! - [`connection`]: one client from accept to close;
+//! - [`timeout`]: `--timeout`, the handshake deadline;
 //! - [`negotiate`]: option negotiation;
 //! - [`export`]: an opened export and its cached capabilities;
 //! - [`transmission`]: requests and replies, with parallel workers;
@@ -10,16 +13,22 @@
 //! - [`peer`]: who is connected (address, credentials);
 //! - [`fork`]: forking the serving process off with a readiness pipe;
 //! - [`captive`], [`uri`]: `--run` and the server's URI;
+//! - [`privs`], [`notify`]: `-u`/`-g`, and sd_notify readiness;
 //! - [`tls`]: TLS credentials, STARTTLS and the encrypted stream.
 
+pub mod activation;
 pub mod captive;
 pub mod connection;
 pub mod export;
 pub mod fork;
 pub mod listen;
 pub mod negotiate;
+pub mod notify;
 pub mod peer;
+pub mod privs;
 pub mod quit;
+pub mod single;
+pub mod timeout;
 pub mod tls;
 pub mod transmission;
 pub mod uri;
@@ -54,6 +63,8 @@ pub struct Server {
     pub threads: usize,
     /// Set SO_KEEPALIVE on accepted TCP connections (`--keepalive`).
     pub keepalive: bool,
+    /// How long a client may take to negotiate (`--timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// The live connections, so shutdown can wake and wait for them.
@@ -169,6 +180,7 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
             }
         }
     }
+    notify::stopping();
     drop(listeners);
     if !quit::requested() {
         crate::log::debug("exiting when the last connection closes: no new connections");
@@ -192,6 +204,13 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
         }
     };
     let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&fd));
+    let timer_fd = match server.timeout.map(|_| fd.try_clone()).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            crate::log::error(format!("connection {id}: {e}"));
+            return;
+        }
+    };
     registry.add(id, fd);
     let name = format!("{}[{id}]", server.stack.plugin.name());
     let server = server.clone();
@@ -202,6 +221,9 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
             crate::log::set_thread_context(Some(name));
             crate::log::debug(format!("accepted connection from {}", peer.describe()));
             peer::set_current(Some(peer));
+            if let Some(t) = timer_fd {
+                timeout::arm(server.timeout, t);
+            }
             connection::handle(&server, halves.0, halves.1, halves.2);
             crate::log::debug("connection closed");
             reg.remove(id);

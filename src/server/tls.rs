@@ -394,6 +394,8 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Vsock(s) => s.read(buf),
+            Stream::Stdio { input, .. } => input.read(buf),
         }
     }
 }
@@ -403,6 +405,8 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Vsock(s) => s.write(buf),
+            Stream::Stdio { output, .. } => output.write(buf),
         }
     }
 
@@ -416,6 +420,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_nonblocking(on),
             Stream::Unix(s) => s.set_nonblocking(on),
+            Stream::Vsock(s) => s.set_nonblocking(on),
+            // dup_fd has checked that both are the same socket.
+            Stream::Stdio { input, .. } => socket2::SockRef::from(input).set_nonblocking(on),
         }
     }
 
@@ -423,6 +430,25 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
             Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Vsock(s) => s.as_fd().try_clone_to_owned(),
+            // The encrypted halves wait on one fd, so -s can use TLS when
+            // stdin and stdout are one socket (inetd, socat, libnbd's
+            // connect_command), not a pair of pipes or files.
+            Stream::Stdio { input, output } => {
+                let (i, o) = (
+                    nix::sys::stat::fstat(input)?,
+                    nix::sys::stat::fstat(output)?,
+                );
+                let socket = i.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+                if socket && (i.st_dev, i.st_ino) == (o.st_dev, o.st_ino) {
+                    input.as_fd().try_clone_to_owned()
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "TLS with -s needs stdin and stdout to be the same socket",
+                    ))
+                }
+            }
         }
     }
 }

@@ -10,6 +10,8 @@ pub enum Endpoint {
     Tcp(Option<u16>),
     /// A Unix socket path.
     Unix(String),
+    /// AF_VSOCK: the port, if one was given.
+    Vsock(Option<u32>),
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters and `/`.
@@ -42,7 +44,8 @@ pub enum UriTls<'a> {
 
 /// The URI in the NBD URI spec's preferred form:
 /// `nbd+unix://?socket=PATH`, `nbd+unix:///NAME?socket=PATH`,
-/// `nbd://localhost[:PORT][/NAME]`, or with TLS required
+/// `nbd://localhost[:PORT][/NAME]`, `nbd+vsock://1[:PORT][/NAME]` (CID 1 is
+/// the local machine), or with TLS required
 /// `nbds+unix://?socket=PATH&tls-certificates=DIR`,
 /// `nbds://localhost[:PORT][/NAME]?tls-psk-file=FILE` and so on.
 pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> String {
@@ -52,10 +55,7 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> Strin
     match endpoint {
         Endpoint::Unix(path) => {
             let _ = write!(uri, "nbd{s}+unix://");
-            if !exportname.is_empty() {
-                uri.push('/');
-                uri.push_str(&percent_encode(exportname));
-            }
+            push_export(&mut uri, exportname);
             uri.push_str("?socket=");
             uri.push_str(&percent_encode(path));
             sep = '&';
@@ -65,10 +65,14 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> Strin
             if let Some(p) = port {
                 let _ = write!(uri, ":{p}");
             }
-            if !exportname.is_empty() {
-                uri.push('/');
-                uri.push_str(&percent_encode(exportname));
+            push_export(&mut uri, exportname);
+        }
+        Endpoint::Vsock(port) => {
+            let _ = write!(uri, "nbd{s}+vsock://1");
+            if let Some(p) = port {
+                let _ = write!(uri, ":{p}");
             }
+            push_export(&mut uri, exportname);
         }
     }
     let query = match tls {
@@ -80,6 +84,13 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> Strin
         let _ = write!(uri, "{sep}{key}={}", percent_encode(value));
     }
     uri
+}
+
+fn push_export(uri: &mut String, exportname: &str) {
+    if !exportname.is_empty() {
+        uri.push('/');
+        uri.push_str(&percent_encode(exportname));
+    }
 }
 
 /// Quote `s` for `/bin/sh`: bare when it is made only of safe characters,
@@ -162,6 +173,18 @@ mod tests {
         assert_eq!(
             make_uri(&Endpoint::Tcp(None), "", UriTls::Required),
             "nbds://localhost"
+        );
+    }
+
+    #[test]
+    fn vsock_uris() {
+        assert_eq!(
+            make_uri(&Endpoint::Vsock(Some(4294967295)), "", UriTls::Off),
+            "nbd+vsock://1:4294967295"
+        );
+        assert_eq!(
+            make_uri(&Endpoint::Vsock(None), "a b", UriTls::Off),
+            "nbd+vsock://1/a%20b"
         );
     }
 

@@ -575,3 +575,34 @@ pub fn qemu_img_map(target: &str) -> String {
     let out = qemu_img(&["map", "--output=json", "-f", "raw", target]);
     jq("map(del(.offset))", &out).trim().to_string()
 }
+
+/// Is `pid` a live process?  A zombie counts as gone: in some sandboxes
+/// PID 1 reaps orphans late.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(p: &Path) -> i32 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("pidfile {}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("pidfile holds a number")
+}
+
+/// Send SIGTERM and wait for the process to go.
+pub fn terminate(pid: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(start.elapsed() < TIMEOUT, "daemon {pid} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

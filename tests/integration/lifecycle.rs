@@ -8,37 +8,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// Is `pid` a live process?  A zombie counts as gone: in some sandboxes
-/// PID 1 reaps orphans late.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-fn read_pid(p: &Path) -> i32 {
-    std::fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("pidfile {}: {e}", p.display()))
-        .trim()
-        .parse()
-        .expect("pidfile holds a number")
-}
-
-/// Send SIGTERM and wait for the process to go.
-fn terminate(pid: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    while alive(pid) {
-        assert!(start.elapsed() < TIMEOUT, "daemon {pid} ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn backgrounds_and_pidfile_is_ready_when_launcher_returns() {
     let dir = tempfile::tempdir().unwrap();

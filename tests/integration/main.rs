@@ -13,4 +13,5 @@ mod lifecycle;
 mod memory;
 mod null;
 mod protocol;
+mod service;
 mod tls;

@@ -717,3 +717,26 @@ fn ip_filter_dn_rules_match_the_client_certificate() {
         s.stop_ok();
     }
 }
+
+/// `-s` speaks TLS when stdin and stdout are one socket, as with libnbd's
+/// connect_command (and inetd, socat).
+#[test]
+fn single_mode_with_tls_psk() {
+    let pki = Pki::new();
+    let b = binary().display().to_string();
+    let psk = format!("--tls-psk={}", pki.path("keys.psk"));
+    let script = "import nbd, sys\n\
+                  h = nbd.NBD()\n\
+                  h.set_tls(nbd.TLS_REQUIRE)\n\
+                  h.set_tls_username('alice')\n\
+                  h.set_tls_psk_file(sys.argv[3])\n\
+                  h.connect_command([sys.argv[1], '-s', '--tls=require', sys.argv[2], 'memory', '1M'])\n\
+                  h.pwrite(b'secret', 4096)\n\
+                  print(h.get_tls_negotiated(), h.get_size(), bytes(h.pread(6, 4096)))\n\
+                  h.shutdown()";
+    let out = client_ok(
+        "/usr/bin/python3",
+        &["-c", script, &b, &psk, &pki.path("keys.psk")],
+    );
+    assert_eq!(stdout_str(&out).trim(), "True 1048576 b'secret'");
+}

@@ -1,0 +1,67 @@
+//! `-s` (inetd style): serve exactly one connection on stdin/stdout, then
+//! exit.
+//!
+//! stdin and stdout are usually one socket (inetd, xinetd, `socat EXEC:`,
+//! libnbd's `connect_command`), but may be pipes or even a plain file holding
+//! a client's bytes, so the connection only ever uses read(2) and write(2).
+//! [`take_stdio`] keeps private copies of fds 0 and 1 before the server
+//! points them at /dev/null (plugins must not read the client's bytes); the
+//! connection then runs in the calling thread.  A stop request shuts down
+//! reading on the client socket, as for listened-on connections.
+
+use crate::error::{Error, Result};
+use crate::server::listen::Stream;
+use crate::server::{connection, peer, quit, timeout, Server};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Keep close-on-exec copies of stdin and stdout for the connection.
+pub fn take_stdio() -> Result<Stream> {
+    let copy = |fd: BorrowedFd<'_>, what: &str| -> Result<File> {
+        fd.try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| Error::io(e, format!("-s: cannot use {what}")))
+    };
+    Ok(Stream::Stdio {
+        input: copy(std::io::stdin().as_fd(), "stdin")?,
+        output: copy(std::io::stdout().as_fd(), "stdout")?,
+    })
+}
+
+/// Serve the one connection to its end.
+pub fn serve(server: &Server, stream: Stream) -> Result<()> {
+    let input: OwnedFd = stream
+        .prepare(server.keepalive)
+        .map_err(|e| Error::io(e, "-s"))?;
+    let timer_fd = input.try_clone().map_err(|e| Error::io(e, "dup"))?;
+    let peer = peer::Peer::of_fd(input.as_fd());
+    let (reader, writer, stream) = connection::split(stream).map_err(|e| Error::io(e, "-s"))?;
+    // Wake a connection waiting for the client's next request when asked to
+    // stop.  The thread is left behind when the connection ends first: the
+    // process is about to exit.
+    let _ = std::thread::Builder::new()
+        .name("single-quit".into())
+        .spawn(move || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            loop {
+                let mut fds = [PollFd::new(quit::fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => break,
+                }
+            }
+            let _ = nix::sys::socket::shutdown(input.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        });
+    let name = format!("{}[1]", server.stack.plugin.name());
+    crate::log::set_thread_context(Some(name));
+    crate::log::debug(format!(
+        "serving one connection on stdin/stdout from {}",
+        peer.describe()
+    ));
+    peer::set_current(Some(peer));
+    timeout::arm(server.timeout, timer_fd);
+    connection::handle(server, reader, writer, stream);
+    crate::log::debug("connection closed");
+    crate::log::set_thread_context(None);
+    Ok(())
+}

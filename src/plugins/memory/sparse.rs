@@ -1,23 +1,29 @@
-//! The `sparse` allocator (default) and the page map shared with `zstd`:
+//! The `sparse` allocator (default) and the page store shared with `zstd`:
 //! a virtual disk of up to 2^63-1 bytes made of 32 KiB pages that are
 //! allocated on first write and freed when they become entirely zero.
 //!
-//! Locking: an `RwLock` over an ordered map from page index to a per-page
-//! `RwLock`.  Reads and writes of already-allocated pages hold the map lock
-//! shared and only lock their page (shared for reads, exclusive for writes),
-//! so they run in parallel.  The map lock is taken exclusively only to insert
-//! a page (the new page is built before taking the lock) or to remove pages
-//! that zero/trim made entirely zero.  The lock order is always map, then
-//! page, so there is no deadlock.  Unallocated pages read as zero and are
-//! never visited one by one: zero and extents use range queries on the map.
+//! Layout: like nbdkit's sparse array, two levels.  A directory (an ordered
+//! map) holds chunks, each a fixed array of [`CHUNK_PAGES`] page slots
+//! covering 32 MiB of the disk; a slot holds a page or nothing.  Finding a
+//! page is one lookup in a small, cache-hot map plus an array index, instead
+//! of a walk down a tree with one node per page.
+//!
+//! Locking: the directory has an `RwLock`, each slot its own `RwLock`.  Reads,
+//! writes, zeroes and extents hold the directory shared and lock only the
+//! slots they touch (shared to read, exclusive to change), so requests on
+//! different pages run in parallel.  The directory is taken exclusively only
+//! to add a chunk or to drop chunks left empty.  The lock order is always
+//! directory, then slot.  Unallocated chunks are never visited page by page.
 
 use super::allocator::{is_zero, page_chunks, Allocator, PAGE_SIZE};
 use crate::error::Result;
 use crate::extents::{Extents, HOLE, ZERO};
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Pages per chunk: a chunk maps 32 MiB of the disk with 1024 slots.
+pub const CHUNK_PAGES: u64 = 1024;
 
 /// How one page is stored (plain bytes, or compressed).
 pub trait PageRepr: Send + Sync + Sized + 'static {
@@ -25,9 +31,8 @@ pub trait PageRepr: Send + Sync + Sized + 'static {
     fn encode(data: Vec<u8>) -> Result<Self>;
     /// Copy bytes `[at, at + out.len())` of the page into `out`.
     fn read(&self, at: usize, out: &mut [u8]) -> Result<()>;
-    /// Change the page: `f` gets the full plain contents.  Returns whether
-    /// the page is entirely zero afterwards.
-    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<bool>;
+    /// Change the page: `f` gets the full plain contents.
+    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<()>;
     /// Whether the page is entirely zero.
     fn is_all_zero(&self) -> Result<bool>;
 }
@@ -43,9 +48,9 @@ impl PageRepr for PlainPage {
         out.copy_from_slice(&self.0[at..at + out.len()]);
         Ok(())
     }
-    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<bool> {
+    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<()> {
         f(&mut self.0);
-        Ok(is_zero(&self.0))
+        Ok(())
     }
     fn is_all_zero(&self) -> Result<bool> {
         Ok(is_zero(&self.0))
@@ -63,11 +68,32 @@ pub(crate) fn wr<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`CHUNK_PAGES`] consecutive page slots.
+struct Chunk<P> {
+    slots: Box<[RwLock<Option<P>>]>,
+    /// Pages present in `slots`.  Changes only under the directory's shared
+    /// lock, so it is stable while the directory is held exclusively.
+    used: AtomicUsize,
+}
+
+impl<P> Chunk<P> {
+    fn new() -> Self {
+        Chunk {
+            slots: (0..CHUNK_PAGES).map(|_| RwLock::new(None)).collect(),
+            used: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Where page `page` lives: (chunk index, slot in the chunk).
+fn locate(page: u64) -> (u64, usize) {
+    (page / CHUNK_PAGES, (page % CHUNK_PAGES) as usize)
+}
+
 /// A sparse array of pages stored as `P`.
 pub struct SparseArray<P: PageRepr> {
     name: &'static str,
-    pages: RwLock<BTreeMap<u64, RwLock<P>>>,
-    _repr: PhantomData<fn() -> P>,
+    dir: RwLock<BTreeMap<u64, Chunk<P>>>,
 }
 
 /// The `sparse` allocator.
@@ -78,14 +104,55 @@ impl<P: PageRepr> SparseArray<P> {
     pub fn with_name(name: &'static str) -> Self {
         SparseArray {
             name,
-            pages: RwLock::new(BTreeMap::new()),
-            _repr: PhantomData,
+            dir: RwLock::new(BTreeMap::new()),
         }
     }
 
     /// Number of allocated pages (for tests and debugging).
     pub fn allocated_pages(&self) -> usize {
-        rd(&self.pages).len()
+        rd(&self.dir)
+            .values()
+            .map(|c| c.used.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Number of chunks in the directory (for tests).
+    pub fn chunks(&self) -> usize {
+        rd(&self.dir).len()
+    }
+
+    /// Write the part of `buf` that falls in `[pos, ...)` of the request
+    /// while the chunks it needs exist.  Returns how far it got: the end of
+    /// `buf`, or the position of the first page whose chunk is missing.
+    fn write_present(&self, buf: &[u8], offset: u64, from: usize) -> Result<usize> {
+        let dir = rd(&self.dir);
+        let mut cached: Option<(u64, &Chunk<P>)> = None;
+        for (page, at, n, pos) in page_chunks(offset + from as u64, buf.len() - from) {
+            let pos = from + pos;
+            let (ci, si) = locate(page);
+            let chunk = match cached {
+                Some((c, chunk)) if c == ci => chunk,
+                _ => match dir.get(&ci) {
+                    Some(chunk) => {
+                        cached = Some((ci, chunk));
+                        chunk
+                    }
+                    None => return Ok(pos),
+                },
+            };
+            let data = &buf[pos..pos + n];
+            let mut slot = wr(&chunk.slots[si]);
+            match slot.as_mut() {
+                Some(p) => p.update(&mut |d: &mut [u8]| d[at..at + n].copy_from_slice(data))?,
+                None => {
+                    let mut plain = vec![0u8; PAGE_SIZE];
+                    plain[at..at + n].copy_from_slice(data);
+                    *slot = Some(P::encode(plain)?);
+                    chunk.used.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(buf.len())
     }
 }
 
@@ -112,11 +179,24 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
     }
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let map = rd(&self.pages);
+        let dir = rd(&self.dir);
+        let mut cached: Option<(u64, Option<&Chunk<P>>)> = None;
         for (page, at, n, pos) in page_chunks(offset, buf.len()) {
             let out = &mut buf[pos..pos + n];
-            match map.get(&page) {
-                Some(p) => rd(p).read(at, out)?,
+            let (ci, si) = locate(page);
+            let chunk = match cached {
+                Some((c, chunk)) if c == ci => chunk,
+                _ => {
+                    let chunk = dir.get(&ci);
+                    cached = Some((ci, chunk));
+                    chunk
+                }
+            };
+            match chunk {
+                Some(chunk) => match &*rd(&chunk.slots[si]) {
+                    Some(p) => p.read(at, out)?,
+                    None => out.fill(0),
+                },
                 None => out.fill(0),
             }
         }
@@ -124,32 +204,17 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
     }
 
     fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
-        for (page, at, n, pos) in page_chunks(offset, buf.len()) {
-            let data = &buf[pos..pos + n];
-            let mut copy_in = |p: &mut [u8]| p[at..at + n].copy_from_slice(data);
-            {
-                let map = rd(&self.pages);
-                if let Some(p) = map.get(&page) {
-                    wr(p).update(&mut copy_in)?;
-                    continue;
-                }
+        let mut done = 0;
+        loop {
+            done = self.write_present(buf, offset, done)?;
+            if done == buf.len() {
+                return Ok(());
             }
-            // Build the new page outside the exclusive lock.
-            let mut plain = vec![0u8; PAGE_SIZE];
-            plain[at..at + n].copy_from_slice(data);
-            let new_page = P::encode(plain)?;
-            let mut map = wr(&self.pages);
-            match map.entry(page) {
-                Entry::Vacant(v) => {
-                    v.insert(RwLock::new(new_page));
-                }
-                // Another writer allocated it meanwhile.
-                Entry::Occupied(o) => {
-                    wr(o.get()).update(&mut copy_in)?;
-                }
-            }
+            // The chunk for the page at `done` is missing: add it, then go
+            // on (it may be gone again by then; the loop copes).
+            let (ci, _) = locate((offset + done as u64) / PAGE_SIZE as u64);
+            wr(&self.dir).entry(ci).or_insert_with(Chunk::new);
         }
-        Ok(())
     }
 
     fn zero(&self, count: u64, offset: u64) -> Result<()> {
@@ -157,43 +222,47 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
             return Ok(());
         }
         let ps = PAGE_SIZE as u64;
-        let end = offset + count;
+        let end = offset.saturating_add(count);
         let (first, last) = (offset / ps, (end - 1) / ps);
-        // Pages wholly inside the range, and pages that became zero.
-        let mut whole = Vec::new();
-        let mut maybe_empty = Vec::new();
+        let mut emptied = Vec::new();
         {
-            let map = rd(&self.pages);
-            for (&page, p) in map.range(first..=last) {
-                let lo = offset.max(page * ps);
-                let hi = end.min((page + 1) * ps);
-                if hi - lo == ps {
-                    whole.push(page);
-                } else {
-                    let at = (lo - page * ps) as usize;
-                    let n = (hi - lo) as usize;
-                    if wr(p).update(&mut |d: &mut [u8]| d[at..at + n].fill(0))? {
-                        maybe_empty.push(page);
+            let dir = rd(&self.dir);
+            for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
+                let base = ci * CHUNK_PAGES;
+                for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
+                    let mut slot = wr(&chunk.slots[(page - base) as usize]);
+                    let Some(p) = slot.as_mut() else { continue };
+                    let lo = offset.max(page * ps);
+                    let hi = end.min((page + 1) * ps);
+                    let free = if hi - lo == ps {
+                        true
+                    } else {
+                        let at = (lo - page * ps) as usize;
+                        let n = (hi - lo) as usize;
+                        p.update(&mut |d: &mut [u8]| d[at..at + n].fill(0))?;
+                        p.is_all_zero()?
+                    };
+                    if free {
+                        *slot = None;
+                        chunk.used.fetch_sub(1, Ordering::Relaxed);
                     }
+                }
+                if chunk.used.load(Ordering::Relaxed) == 0 {
+                    emptied.push(ci);
                 }
             }
         }
-        if whole.is_empty() && maybe_empty.is_empty() {
-            return Ok(());
-        }
-        let mut map = wr(&self.pages);
-        for page in whole {
-            map.remove(&page);
-        }
-        for page in maybe_empty {
-            // A concurrent write may have filled it again: check once more
-            // now that no one else can touch it.
-            let empty = match map.get(&page) {
-                Some(p) => rd(p).is_all_zero()?,
-                None => false,
-            };
-            if empty {
-                map.remove(&page);
+        if !emptied.is_empty() {
+            let mut dir = wr(&self.dir);
+            for ci in emptied {
+                // A write may have filled it again meanwhile; under the
+                // exclusive lock the count cannot change.
+                if dir
+                    .get(&ci)
+                    .is_some_and(|c| c.used.load(Ordering::Relaxed) == 0)
+                {
+                    dir.remove(&ci);
+                }
             }
         }
         Ok(())
@@ -207,14 +276,22 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
         let ps = PAGE_SIZE as u64;
         let (first, last) = (start / ps, (end - 1) / ps);
         let mut cursor = first * ps;
-        let map = rd(&self.pages);
-        for (&page, _) in map.range(first..=last) {
-            let page_start = page * ps;
-            if page_start > cursor {
-                extents.add(cursor, page_start - cursor, HOLE | ZERO)?;
+        let dir = rd(&self.dir);
+        for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
+            let base = ci * CHUNK_PAGES;
+            for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
+                let flags = if rd(&chunk.slots[(page - base) as usize]).is_some() {
+                    0
+                } else {
+                    HOLE | ZERO
+                };
+                let page_start = page * ps;
+                if page_start > cursor {
+                    extents.add(cursor, page_start - cursor, HOLE | ZERO)?;
+                }
+                extents.add(page_start, ps, flags)?;
+                cursor = page_start + ps;
             }
-            extents.add(page_start, ps, 0)?;
-            cursor = page_start + ps;
         }
         if cursor < end {
             extents.add(cursor, end - cursor, HOLE | ZERO)?;

@@ -99,6 +99,36 @@ fn sparse_frees_pages_that_become_zero() {
 }
 
 #[test]
+fn sparse_chunks_come_and_go() {
+    use super::sparse::CHUNK_PAGES;
+    let a = Sparse::new();
+    let chunk = CHUNK_PAGES * PS;
+    // A write straddling two chunks creates both.
+    let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 253) as u8 + 1).collect();
+    a.write(&data, chunk - PS - 17).unwrap();
+    assert_eq!(a.chunks(), 2);
+    assert_eq!(a.allocated_pages(), 4);
+    assert_eq!(read(&a, chunk - PS - 17, data.len()), data);
+    // Zeroing the first chunk's part releases that chunk only.
+    a.zero(PS + 17, chunk - PS - 17).unwrap();
+    assert_eq!(a.chunks(), 1);
+    assert_eq!(
+        read(&a, chunk - PS - 17, PAGE_SIZE + 17),
+        vec![0; PAGE_SIZE + 17]
+    );
+    assert_eq!(read(&a, chunk, 2 * PAGE_SIZE - 17), data[PAGE_SIZE + 17..]);
+    // Far-apart writes on a huge disk: one chunk each, extents see holes
+    // between them without visiting the gap.
+    a.write(&[5], 1 << 50).unwrap();
+    assert_eq!(a.chunks(), 2);
+    let e = extents(&a, 0, (1 << 50) + PS);
+    assert_eq!(e.len(), 4);
+    assert_eq!(e[3].offset, 1 << 50);
+    a.zero(u64::MAX / 2, 0).unwrap();
+    assert_eq!((a.chunks(), a.allocated_pages()), (0, 0));
+}
+
+#[test]
 fn sparse_extents_merge_and_report_holes() {
     for a in [
         Arc::new(Sparse::new()) as Arc<dyn Allocator>,

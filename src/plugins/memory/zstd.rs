@@ -62,11 +62,11 @@ impl PageRepr for ZstdPage {
         out.copy_from_slice(&plain[at..at + out.len()]);
         Ok(())
     }
-    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<bool> {
+    fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<()> {
         let mut plain = decompress(&self.0)?;
         f(&mut plain);
         self.0 = compress(&plain)?;
-        Ok(is_zero(&plain))
+        Ok(())
     }
     fn is_all_zero(&self) -> Result<bool> {
         Ok(is_zero(&decompress(&self.0)?))

@@ -194,6 +194,41 @@ fn socket_activation_oldstyle() {
     assert!(p.signal_and_wait(libc::SIGTERM).success());
 }
 
+/// LISTEN_PID and LISTEN_FDS are for the activated process only: anything it
+/// starts (here the exitwhen filter's script, run when the server gets
+/// ready) must not see them, or it would take the sockets to be its own.
+#[test]
+fn socket_activation_hides_listen_variables_from_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let envfile = dir.path().join("env");
+    let script = format!("exit-when-script=env > {}", envfile.display());
+    let mut p = activate(
+        &[format!("unix:{}", sock.display())],
+        dir.path(),
+        &[
+            "-P",
+            pidfile.to_str().unwrap(),
+            "--filter=exitwhen",
+            "memory",
+            "1M",
+            &script,
+        ],
+    );
+    p.wait_for_file(&pidfile);
+    // The server really was activated: it serves the inherited socket.
+    assert_eq!(nbdinfo(&["--size", &unix_uri(&sock)]).trim(), "1048576");
+    let env = std::fs::read_to_string(&envfile).unwrap();
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(
+        !env.lines()
+            .any(|l| l.starts_with("LISTEN_PID=") || l.starts_with("LISTEN_FDS=")),
+        "{env}"
+    );
+    assert!(p.signal_and_wait(libc::SIGTERM).success(), "{}", p.stderr());
+}
+
 #[test]
 fn socket_activation_refuses_listening_options() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,6 +505,62 @@ fn vsock_port_in_use_and_bad_ports() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// `VMADDR_CID_ANY`.
+const CID_ANY: u32 = u32::MAX;
+
+/// The vsock listeners (CID, port) the server `pid` holds.
+fn vsock_listeners(pid: u32) -> Vec<(u32, u32)> {
+    server_sockets(pid)
+        .iter()
+        .filter_map(|s| s.local_addr().ok()?.as_vsock_address())
+        .collect()
+}
+
+/// The listener is bound to every CID at the given port, and without `-p`
+/// at 10809.  (No client can connect here: there is no vsock loopback
+/// transport, so the server's own socket is inspected instead.)
+#[test]
+fn vsock_listens_on_any_cid_and_default_port() {
+    assert_root();
+    let dir = tempfile::tempdir().unwrap();
+    let port = vsock_port(3);
+    let pidfile = dir.path().join("pid");
+    let mut cmd = nbdkit();
+    cmd.args(["--vsock", "-p", &port.to_string(), "-f", "-P"])
+        .arg(&pidfile)
+        .arg("null");
+    let mut p = Proc::spawn(cmd, dir.path().join("stderr"));
+    p.wait_for_file(&pidfile);
+    assert_eq!(vsock_listeners(p.pid()), [(CID_ANY, port)]);
+    assert!(p.signal_and_wait(libc::SIGTERM).success());
+
+    // The default port.  Another program on this machine may hold it (vsock
+    // ports are not per test): then the bind error must name 10809.
+    let pidfile = dir.path().join("pid2");
+    let mut cmd = nbdkit();
+    cmd.args(["--vsock", "-f", "-P"]).arg(&pidfile).arg("null");
+    let mut p = Proc::spawn(cmd, dir.path().join("stderr2"));
+    let start = Instant::now();
+    while !pidfile.exists() {
+        if let Some(st) = p.child.as_mut().unwrap().try_wait().unwrap() {
+            p.child = None;
+            assert_eq!(st.code(), Some(1));
+            assert!(
+                p.stderr()
+                    .contains("bind vsock port 10809: Address already in use"),
+                "{}",
+                p.stderr()
+            );
+            return;
+        }
+        assert!(start.elapsed() < TIMEOUT, "no pidfile: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.wait_for_file(&pidfile);
+    assert_eq!(vsock_listeners(p.pid()), [(CID_ANY, 10809)]);
+    assert!(p.signal_and_wait(libc::SIGTERM).success());
+}
+
 // ---- -u / -g ----
 
 fn assert_root() {
@@ -525,6 +616,35 @@ fn user_and_group_switch_after_binding() {
         assert!(p.signal_and_wait(libc::SIGTERM).success(), "{}", p.stderr());
         let _ = std::fs::remove_file(&p.stderr_path);
     }
+    // `-u nobody` alone: the user changes, the group is left as it was (as
+    // nbdkit does), and the pidfile is still written by nobody.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let mut cmd = nbdkit();
+    cmd.args(["-f", "-u", "nobody", "-U"])
+        .arg(&sock)
+        .arg("-P")
+        .arg(&pidfile)
+        .args(["memory", "1M"]);
+    let mut p = Proc::spawn(
+        cmd,
+        std::env::temp_dir().join(format!("nbdkit-user-test-{}.stderr", std::process::id())),
+    );
+    p.wait_for_file(&pidfile);
+    assert_eq!(status_line(p.pid(), "Uid:"), "65534 65534 65534 65534");
+    assert_eq!(status_line(p.pid(), "Gid:"), "0 0 0 0");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&pidfile).unwrap().uid(), 65534);
+    assert_eq!(nbdinfo(&["--size", &unix_uri(&sock)]).trim(), "1048576");
+    assert!(p.signal_and_wait(libc::SIGTERM).success(), "{}", p.stderr());
+    let _ = std::fs::remove_file(&p.stderr_path);
+
     let o = run(&["-f", "-u", "no-such-user-x", "null"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr_str(&o).contains("not a valid user name or uid"));
@@ -548,6 +668,12 @@ fn log_null_discards_errors() {
     let o = run(&["--log=null", "memory", "size=abc"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stderr.is_empty(), "{}", stderr_str(&o));
+    // Debug messages (-v) are not errors: they still go to stderr.
+    let mut s = Server::start(&["-v", "--log=null", "memory", "1M"]);
+    assert_eq!(python(&s.uri(), BAD_READ, &[]).trim(), "refused");
+    s.stop_ok();
+    assert!(s.stderr().contains("nbdkit: debug: "), "{}", s.stderr());
+    assert!(!s.stderr().contains("error"), "{}", s.stderr());
 }
 
 #[test]
@@ -645,6 +771,7 @@ fn log_syslog_sends_errors_to_dev_log() {
     let pidfile = dir.path().join("pid");
     let mut cmd = syslog.command(&[
         "-f",
+        "-v",
         "--log=syslog",
         "-U",
         sock.to_str().unwrap(),
@@ -664,7 +791,9 @@ fn log_syslog_sends_errors_to_dev_log() {
     );
     assert!(msg.starts_with("<27>"), "{msg}");
     assert!(p.signal_and_wait(libc::SIGTERM).success());
-    assert!(!p.stderr().contains("invalid request"), "{}", p.stderr());
+    // Errors went to syslog only; debug messages (-v) stay on stderr.
+    assert!(!p.stderr().contains("error: "), "{}", p.stderr());
+    assert!(p.stderr().contains("memory[1]: debug: "), "{}", p.stderr());
 }
 
 #[test]
@@ -814,48 +943,57 @@ fn timeout_closes_connections_that_do_not_negotiate() {
     assert_eq!(o.status.code(), Some(1));
 }
 
-/// SO_KEEPALIVE of each connected TCP socket the server `pid` holds, read
-/// through pidfd_getfd(2) (we are root).
-fn server_keepalive_flags(pid: u32) -> Vec<bool> {
-    // SAFETY: plain system calls on integers; every fd we get is closed.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
-        assert!(
-            pidfd >= 0,
-            "pidfd_open: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut flags = Vec::new();
-        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-            let entry = entry.unwrap();
-            let target = std::fs::read_link(entry.path()).unwrap_or_default();
-            if !target.to_string_lossy().starts_with("socket:") {
-                continue;
-            }
-            let n: libc::c_int = entry.file_name().to_str().unwrap().parse().unwrap();
-            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, n, 0) as libc::c_int;
-            assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-            let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
-            let connected = libc::getpeername(fd, &mut addr as *mut _ as *mut _, &mut len) == 0;
-            let family = addr.ss_family as libc::c_int;
-            if connected && (family == libc::AF_INET || family == libc::AF_INET6) {
-                let mut v: libc::c_int = 0;
-                let mut vl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_KEEPALIVE,
-                    &mut v as *mut _ as *mut _,
-                    &mut vl,
-                );
-                flags.push(v != 0);
-            }
-            libc::close(fd);
+/// Duplicates of every socket the server `pid` holds, taken through
+/// pidfd_getfd(2) (we are root), to look at them from the test.
+fn server_sockets(pid: u32) -> Vec<socket2::Socket> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes integers; a non-negative result is a new fd
+    // that we own.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: see above: pidfd is open and ours alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    let mut socks = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
         }
-        libc::close(pidfd);
-        flags
+        let n: libc::c_int = entry.file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: pidfd_getfd takes integers; a non-negative result is a
+        // new fd in this process that we own.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                n,
+                0,
+            )
+        };
+        if fd < 0 {
+            // The server closed it in the meantime.
+            continue;
+        }
+        // SAFETY: fd was just created for us and nothing else owns it.
+        socks.push(socket2::Socket::from(unsafe {
+            OwnedFd::from_raw_fd(fd as libc::c_int)
+        }));
     }
+    socks
+}
+
+/// SO_KEEPALIVE of each connected TCP socket the server `pid` holds.
+fn server_keepalive_flags(pid: u32) -> Vec<bool> {
+    server_sockets(pid)
+        .iter()
+        .filter(|s| s.peer_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6()))
+        .map(|s| s.keepalive().unwrap())
+        .collect()
 }
 
 #[test]

@@ -398,6 +398,11 @@ fn missing_credentials() {
         "null".into(),
     ]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_str(&o).contains("nbdkit: error: cannot use oldstyle protocol (-o) and require TLS"),
+        "{}",
+        stderr_str(&o)
+    );
 }
 
 #[test]
@@ -739,4 +744,266 @@ fn single_mode_with_tls_psk() {
         &["-c", script, &b, &psk, &pki.path("keys.psk")],
     );
     assert_eq!(stdout_str(&out).trim(), "True 1048576 b'secret'");
+}
+
+/// Without `--tls`, TLS is on (not required) when credentials load, and off
+/// when none are found, which only a debug message mentions.
+#[test]
+fn tls_default_is_on_with_credentials_else_off() {
+    let pki = Pki::new();
+    let psk = format!("--tls-psk={}", pki.path("keys.psk"));
+    let s = Server::start(&[&psk, "memory", "1M"]);
+    let plain = nbdinfo(&[s.uri()]);
+    assert!(plain.contains("newstyle-fixed without TLS"), "{plain}");
+    assert_tls_info(&nbdinfo(&[pki.psk_uri(&s, "keys.psk")]));
+    let out = captive(&[&psk, "null"], "echo \"tls=$tls uri=$uri\"");
+    assert!(out.contains("tls=1 uri=nbd+unix://"), "{out}");
+
+    // No credentials anywhere (as root the only default is /etc/pki/nbdkit).
+    assert!(
+        !Path::new(tls_root_dir()).exists(),
+        "this test needs a machine without {}",
+        tls_root_dir()
+    );
+    let mut s = Server::start(&["-v", "memory", "1M"]);
+    let plain = nbdinfo(&[s.uri()]);
+    assert!(plain.contains("newstyle-fixed without TLS"), "{plain}");
+    let o = client_any(
+        "/usr/bin/nbdinfo",
+        &[nbds_unix(
+            "alice@",
+            &s.sock,
+            &format!("tls-psk-file={}", pki.path("keys.psk")),
+        )],
+    );
+    assert!(!o.status.success(), "TLS must be refused");
+    s.stop_ok();
+    let log = s.stderr();
+    assert!(
+        log.contains("nbdkit: debug: TLS disabled: could not load TLS certificates"),
+        "{log}"
+    );
+    assert!(!log.contains("warning"), "{log}");
+}
+
+/// nbdkit's certificate directory for root (`--dump-config`'s
+/// `root_tls_certificates_dir`).
+fn tls_root_dir() -> &'static str {
+    "/etc/pki/nbdkit"
+}
+
+/// Copy the files of directory `from` into a new directory `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Let other users read everything under `dir` (a server running as nobody
+/// reads the credentials there).
+fn open_to_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if dir.is_dir() { 0o755 } else { 0o644 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            open_to_all(&e.unwrap().path());
+        }
+    }
+}
+
+/// A captive `--tls=require` server with no `--tls-certificates` whose
+/// command connects with the client certificates in `client_dir`.
+fn require_with_default_certificates(client_dir: &Path) -> Vec<String> {
+    vec![
+        "--tls=require".into(),
+        "-U".into(),
+        "-".into(),
+        "null".into(),
+        "--run".into(),
+        format!("nbdinfo \"$uri&tls-certificates={}\"", client_dir.display()),
+    ]
+}
+
+/// Without `--tls-certificates`, a user other than root finds certificates
+/// in `$HOME/.pki/nbdkit` or `$HOME/.config/pki/nbdkit`.
+#[test]
+fn default_certificate_directories_for_a_user() {
+    let pki = Pki::new();
+    let as_nobody = |home: &Path, args: &[String]| {
+        let mut c = nbdkit();
+        std::os::unix::process::CommandExt::uid(&mut c, 65534);
+        std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        c.env("HOME", home).env("PATH", client_path()).args(args);
+        run_cmd(&mut c, LONG_TIMEOUT)
+    };
+    for sub in [".pki/nbdkit", ".config/pki/nbdkit"] {
+        let home = tempfile::tempdir().unwrap();
+        copy_dir(&pki.dir.path().join("pki"), &home.path().join(sub));
+        let client_dir = home.path().join("client");
+        copy_dir(&pki.dir.path().join("client"), &client_dir);
+        open_to_all(home.path());
+        let o = as_nobody(home.path(), &require_with_default_certificates(&client_dir));
+        assert_success(&o, sub);
+        assert_tls_info(&stdout_str(&o));
+    }
+    // Nothing in $HOME: --tls=require is a startup error.
+    let home = tempfile::tempdir().unwrap();
+    open_to_all(home.path());
+    let args: Vec<String> = ["--tls=require", "-U", "-", "null", "--run", "true"]
+        .map(String::from)
+        .into();
+    let o = as_nobody(home.path(), &args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("could not load TLS certificates"),
+        "{}",
+        stderr_str(&o)
+    );
+}
+
+/// Run `argv` where /etc/pki/nbdkit holds the files of `certs`: a private
+/// mount namespace with an overlay on /etc (the machine's /etc is
+/// untouched).
+fn with_etc_pki_nbdkit(certs: &Path, argv: &[String]) -> std::process::Output {
+    let scratch = tempfile::tempdir().unwrap();
+    let script = r#"set -e
+t=$1; certs=$2; shift 2
+mount -t tmpfs tmpfs "$t"
+mkdir -p "$t/upper/pki" "$t/work"
+cp -r "$certs" "$t/upper/pki/nbdkit"
+chmod -R a+rX "$t/upper/pki"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$t/upper,workdir=$t/work" /etc
+exec "$@""#;
+    let mut c = client("/usr/bin/unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        script,
+    ])
+    .arg("sh")
+    .arg(scratch.path())
+    .arg(certs)
+    .args(argv);
+    run_cmd(&mut c, LONG_TIMEOUT)
+}
+
+/// Without `--tls-certificates`, root uses /etc/pki/nbdkit, and TLS is then
+/// on by default; other users never look there.
+#[test]
+fn default_certificate_directory_for_root() {
+    let pki = Pki::new();
+    let bin = binary().display().to_string();
+    let client_dir = pki.dir.path().join("client");
+    let mut argv = vec![bin.clone()];
+    argv.extend(require_with_default_certificates(&client_dir));
+    let o = with_etc_pki_nbdkit(&pki.dir.path().join("pki"), &argv);
+    assert_success(&o, "root with /etc/pki/nbdkit");
+    assert_tls_info(&stdout_str(&o));
+
+    let argv: Vec<String> = vec![
+        bin.clone(),
+        "-U".into(),
+        "-".into(),
+        "null".into(),
+        "--run".into(),
+        "echo tls=${tls-unset}".into(),
+    ];
+    let o = with_etc_pki_nbdkit(&pki.dir.path().join("pki"), &argv);
+    assert_success(&o, "TLS on by default");
+    assert_eq!(stdout_str(&o).trim(), "tls=1");
+
+    let empty = tempfile::tempdir().unwrap();
+    open_to_all(empty.path());
+    let mut argv: Vec<String> = [
+        "/usr/bin/setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/env",
+    ]
+    .map(String::from)
+    .into();
+    argv.push(format!("HOME={}", empty.path().display()));
+    argv.push(bin);
+    argv.extend(["--tls=require", "-U", "-", "null", "--run", "true"].map(String::from));
+    let o = with_etc_pki_nbdkit(&pki.dir.path().join("pki"), &argv);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("could not load TLS certificates"),
+        "{}",
+        stderr_str(&o)
+    );
+}
+
+const OPT_SET_META_CONTEXT: u32 = 10;
+const REP_META_CONTEXT: u32 = 4;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+/// Everything negotiated in plaintext is forgotten after STARTTLS
+/// (`--tls=on`): structured replies and the base:allocation context asked
+/// for before TLS do not apply to the encrypted session.
+#[test]
+fn starttls_forgets_what_was_negotiated_in_plaintext() {
+    let pki = Pki::new();
+    let s = Server::start(&[
+        "--tls=on",
+        &format!("--tls-certificates={}", pki.path("pki")),
+        "memory",
+        "1M",
+    ]);
+    let mut plain = UnixStream::connect(&s.sock).unwrap();
+    plain.set_read_timeout(Some(TIMEOUT)).unwrap();
+    read_n(&mut plain, 18);
+    plain.write_all(&3u32.to_be_bytes()).unwrap();
+    send_opt(&mut plain, OPT_STRUCTURED_REPLY, b"");
+    assert_eq!(opt_reply(&mut plain).1, REP_ACK);
+    let mut q = Vec::new();
+    q.extend_from_slice(&0u32.to_be_bytes()); // export ""
+    q.extend_from_slice(&1u32.to_be_bytes()); // one query
+    q.extend_from_slice(&15u32.to_be_bytes());
+    q.extend_from_slice(b"base:allocation");
+    send_opt(&mut plain, OPT_SET_META_CONTEXT, &q);
+    assert_eq!(opt_reply(&mut plain).1, REP_META_CONTEXT);
+    assert_eq!(opt_reply(&mut plain).1, REP_ACK);
+    send_opt(&mut plain, OPT_STARTTLS, b"");
+    assert_eq!(opt_reply(&mut plain).1, REP_ACK);
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+    b.set_ca_file(pki.dir.path().join("ca-cert.pem")).unwrap();
+    let mut tls = b
+        .build()
+        .connect("localhost", plain)
+        .expect("TLS handshake");
+    assert_eq!(go(&mut tls), REP_ACK);
+
+    let request = |tls: &mut openssl::ssl::SslStream<UnixStream>, cmd: u16, cookie: u64| {
+        let mut req = Vec::new();
+        req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&cmd.to_be_bytes());
+        req.extend_from_slice(&cookie.to_be_bytes());
+        req.extend_from_slice(&0u64.to_be_bytes());
+        req.extend_from_slice(&512u32.to_be_bytes());
+        tls.write_all(&req).unwrap();
+        // Simple reply: magic, error, cookie.
+        let r = read_n(tls, 16);
+        let magic = u32::from_be_bytes(r[..4].try_into().unwrap());
+        let error = u32::from_be_bytes(r[4..8].try_into().unwrap());
+        assert_eq!(
+            magic, SIMPLE_REPLY_MAGIC,
+            "command {cmd}: not a simple reply"
+        );
+        assert_eq!(&r[8..], &cookie.to_be_bytes());
+        error
+    };
+    // NBD_CMD_READ: a simple reply with the data.
+    assert_eq!(request(&mut tls, 0, 1), 0);
+    assert_eq!(read_n(&mut tls, 512), vec![0u8; 512]);
+    // NBD_CMD_BLOCK_STATUS: no longer negotiated, so EINVAL.
+    assert_eq!(request(&mut tls, 7, 2), 22);
 }

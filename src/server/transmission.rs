@@ -24,8 +24,9 @@ use crate::server::export::Export;
 use crate::server::{hold, lock, quit};
 use nix::errno::Errno;
 use std::io::{self, BufRead, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// The read half of a connection (buffered: one `read` may bring in several
 /// pipelined requests).
@@ -53,6 +54,8 @@ struct Shared<'a> {
     reader: Mutex<Reader>,
     writer: Mutex<Writer>,
     closing: AtomicBool,
+    /// How long requests have been taking to run.
+    pace: Pace,
 }
 
 /// Serve requests until the client disconnects, the stream fails or the
@@ -63,6 +66,7 @@ pub fn serve(session: &Session<'_>, reader: Reader, writer: Writer) {
         reader: Mutex::new(reader),
         writer: Mutex::new(writer),
         closing: AtomicBool::new(false),
+        pace: Pace::new(),
     };
     let workers = session.workers.max(1);
     std::thread::scope(|scope| {
@@ -98,12 +102,12 @@ struct Incoming {
 fn worker(c: &Shared<'_>) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let incoming = {
-            let mut r = lock(&c.reader);
+        let mut r = lock(&c.reader);
+        loop {
             if c.closing.load(Ordering::Acquire) {
                 return;
             }
-            match receive(c.s, &mut r, &mut buf) {
+            let incoming = match receive(c.s, &mut r, &mut buf) {
                 Ok(Some(inc)) => inc,
                 Ok(None) => {
                     c.closing.store(true, Ordering::Release);
@@ -114,39 +118,102 @@ fn worker(c: &Shared<'_>) {
                     c.closing.store(true, Ordering::Release);
                     return;
                 }
+            };
+            // When no other request is waiting in the read buffer and this
+            // connection's requests have been quick, run this one here and
+            // keep the read side: waking another worker just to wait for
+            // the next request costs more than the request itself.
+            // Otherwise hand the read side on first, so requests overlap.
+            if c.s.workers > 1 && r.buffer().is_empty() && c.pace.quick() {
+                if !run_and_reply(c, incoming, &mut buf) {
+                    return;
+                }
+            } else {
+                drop(r);
+                if !run_and_reply(c, incoming, &mut buf) {
+                    return;
+                }
+                break;
             }
-        };
-        let req = incoming.req;
-        if crate::log::verbose() {
-            crate::log::debug(format!(
-                "{} flags=0x{:x} offset={} length={}",
-                command_name(req.command),
-                req.flags,
-                req.offset,
-                req.length
-            ));
-        }
-        let outcome = match incoming.refuse {
-            Some((err, msg)) => {
-                crate::log::error(format!(
-                    "invalid request: {}: {msg}",
-                    command_name(req.command)
-                ));
-                Outcome::Error(err)
-            }
-            None if quit::requested() => Outcome::Error(NBD_ESHUTDOWN),
-            None => {
-                let _guard = hold(c.s.request_lock);
-                execute(c.s, &req, &mut buf)
-            }
-        };
-        let mut w = lock(&c.writer);
-        if let Err(e) = send_reply(c.s, &mut **w, &req, outcome, &buf) {
-            crate::log::debug(format!("write reply: {e}"));
-            c.closing.store(true, Ordering::Release);
-            return;
         }
     }
+}
+
+/// How long a connection's requests have been taking: a moving average of
+/// their run times, deciding whether the next one may run inline.
+pub struct Pace(AtomicU64);
+
+impl Pace {
+    /// Requests averaging less than this run inline (see [`worker`]): a
+    /// hand-off to another worker costs a few microseconds of wake-ups.
+    const INLINE_BELOW_NS: u64 = 50_000;
+    /// Where a connection starts: slow, so that its first requests always
+    /// overlap and a slow plugin never runs inline.
+    const INITIAL_NS: u64 = 1_000_000;
+
+    pub fn new() -> Self {
+        Pace(AtomicU64::new(Self::INITIAL_NS))
+    }
+
+    /// Whether recent requests ran quickly enough to run the next inline.
+    pub fn quick(&self) -> bool {
+        self.0.load(Ordering::Relaxed) < Self::INLINE_BELOW_NS
+    }
+
+    /// Fold one request's run time in (each new one weighs a quarter).
+    /// Workers race on this; a lost update only blurs the average.
+    pub fn ran_for(&self, ns: u64) {
+        let old = self.0.load(Ordering::Relaxed);
+        self.0.store(old - old / 4 + ns / 4, Ordering::Relaxed);
+    }
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Run one request and send its reply.  `false` when the connection is
+/// finished (the reply could not be sent).
+fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool {
+    let req = incoming.req;
+    if crate::log::verbose() {
+        crate::log::debug(format!(
+            "{} flags=0x{:x} offset={} length={}",
+            command_name(req.command),
+            req.flags,
+            req.offset,
+            req.length
+        ));
+    }
+    let outcome = match incoming.refuse {
+        Some((err, msg)) => {
+            crate::log::error(format!(
+                "invalid request: {}: {msg}",
+                command_name(req.command)
+            ));
+            Outcome::Error(err)
+        }
+        None if quit::requested() => Outcome::Error(NBD_ESHUTDOWN),
+        None => {
+            let started = Instant::now();
+            let outcome = {
+                let _guard = hold(c.s.request_lock);
+                execute(c.s, &req, buf)
+            };
+            c.pace
+                .ran_for(started.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+            outcome
+        }
+    };
+    let mut w = lock(&c.writer);
+    if let Err(e) = send_reply(c.s, &mut **w, &req, outcome, buf) {
+        crate::log::debug(format!("write reply: {e}"));
+        c.closing.store(true, Ordering::Release);
+        return false;
+    }
+    true
 }
 
 /// Read one request (and its payload into `buf`).  `Ok(None)` means the
@@ -425,6 +492,27 @@ pub fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_goes_inline_after_quick_requests_and_back_after_a_slow_one() {
+        let p = Pace::new();
+        assert!(!p.quick(), "a new connection overlaps its first requests");
+        let mut n = 0;
+        while !p.quick() {
+            p.ran_for(2_000);
+            n += 1;
+            assert!(n < 100, "quick requests never turned inline on");
+        }
+        assert!(n > 5, "inline after only {n} requests");
+        p.ran_for(1_000_000);
+        assert!(!p.quick(), "a 1 ms request must end inline running");
+        p.ran_for(u64::MAX);
+        assert!(!p.quick());
+        for _ in 0..200 {
+            p.ran_for(0);
+        }
+        assert!(p.quick(), "the average comes down again");
+    }
 
     #[test]
     fn errno_mapping_follows_nbdkit() {

@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn quoting_is_nbdkits() {
-        assert_eq!(shell_quote("nbd://localhost:10809"), "nbd://localhost:10809");
+        assert_eq!(
+            shell_quote("nbd://localhost:10809"),
+            "nbd://localhost:10809"
+        );
         assert_eq!(
             shell_quote("nbd+unix://?socket=/tmp/s"),
             "\"nbd+unix://?socket=/tmp/s\""

@@ -312,6 +312,32 @@ fn verbose_debug_messages() {
             .starts_with("nbdkit: debug: nbdkit 1."),
         "first -v line:\n{err}"
     );
+    assert!(err.lines().count() > 1, "only one debug line:\n{err}");
+    for l in err.lines() {
+        assert!(l.starts_with("nbdkit: "), "stderr line {l:?}");
+    }
+    // Debug output never goes to stdout (it belongs to COMMAND and to
+    // --print-uri), nor does the served process write there.
+    assert_eq!(stdout_str(&o), "", "-v wrote to stdout");
+    // Likewise for a foreground server that handles a connection.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let mut s = Server::start_with(dir, &["-v", "memory", "1M"], |cmd| {
+        cmd.stdout(out_file.try_clone().unwrap());
+    });
+    nbdinfo(&["--size", &s.uri()]);
+    s.stop_ok();
+    assert!(
+        s.stderr().contains("debug: memory: pread") || s.stderr().contains("debug: memory: open"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "",
+        "-v server wrote to stdout"
+    );
 }
 
 #[test]

@@ -93,23 +93,23 @@ fn push_export(uri: &mut String, exportname: &str) {
     }
 }
 
-/// Quote `s` for `/bin/sh`: bare when it is made only of safe characters,
-/// otherwise in single quotes.
+/// Quote `s` for `/bin/sh` as nbdkit does (so `--print-uri` prints the
+/// same lines): bare when it is made only of letters, digits and `.-_=,:/`,
+/// otherwise in double quotes with `$`, `` ` ``, `\` and `"` escaped.
 pub fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "-._=,:/+%@".contains(c);
+    let safe = |c: char| c.is_ascii_alphanumeric() || ".-_=,:/".contains(c);
     if !s.is_empty() && s.chars().all(safe) {
         return s.to_string();
     }
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
+    out.push('"');
     for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
+        if matches!(c, '$' | '`' | '\\' | '"') {
+            out.push('\\');
         }
+        out.push(c);
     }
-    out.push('\'');
+    out.push('"');
     out
 }
 
@@ -186,6 +186,20 @@ mod tests {
             make_uri(&Endpoint::Vsock(None), "a b", UriTls::Off),
             "nbd+vsock://1/a%20b"
         );
+    }
+
+    #[test]
+    fn quoting_is_nbdkits() {
+        assert_eq!(
+            shell_quote("nbd://localhost:10809"),
+            "nbd://localhost:10809"
+        );
+        assert_eq!(
+            shell_quote("nbd+unix://?socket=/tmp/s"),
+            "\"nbd+unix://?socket=/tmp/s\""
+        );
+        assert_eq!(shell_quote("a$b`c\\d\"e'f"), "\"a\\$b\\`c\\\\d\\\"e'f\"");
+        assert_eq!(shell_quote(""), "\"\"");
     }
 
     #[test]

@@ -183,7 +183,7 @@ fn run_nbdinfo_size() {
 #[test]
 fn run_command_inherits_stdin() {
     let mut cmd = nbdkit();
-    cmd.args(["-U", "-", "null", "--run", "cat"])
+    cmd.args(["-U", "-", "null", "--run", "cat; echo to-stderr >&2"])
         .stdin(std::process::Stdio::piped());
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -196,6 +196,8 @@ fn run_command_inherits_stdin() {
     let o = wait_output(child, TIMEOUT, "nbdkit --run cat");
     assert_success(&o, "nbdkit --run cat");
     assert_eq!(stdout_str(&o), "hello from stdin\n");
+    // And nbdkit's stderr.
+    assert_eq!(stderr_str(&o), "to-stderr\n");
 }
 
 /// The ONLY test that uses the default port 10809 (nothing else may).
@@ -331,26 +333,33 @@ fn run_command_killed_by_signal() {
     );
 }
 
-/// The server killed by signal N while COMMAND goes on to succeed: 128+N.
+/// The server killed by signal N while COMMAND goes on to succeed: 128+N
+/// (SIGUSR1, which nbdkit does not handle, as nbdkit's test-captive.sh).
 #[test]
 fn run_server_killed_by_signal() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pid");
-    // Wait until the server is a zombie (the supervisor reaps it only after
-    // COMMAND ends), so the supervisor is sure to see how it died.
-    let script = format!(
-        "pid=$(cat '{}'); kill -KILL $pid; \
-         while [ -e /proc/$pid ] && ! grep -q '^[0-9]* (.*) Z' /proc/$pid/stat; do sleep 0.05; done",
-        p.display()
-    );
-    let o = run(&["-P", p.to_str().unwrap(), "null", "--run", &script]);
-    assert_no_panic(&o);
-    assert_eq!(o.status.code(), Some(137), "{}", stderr_str(&o));
-    assert!(
-        stderr_str(&o).contains("nbdkit command was killed by signal 9"),
-        "{}",
-        stderr_str(&o)
-    );
+    for (sig, code) in [("KILL", 137), ("USR1", 138)] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pid");
+        // Wait until the server is a zombie (the supervisor reaps it only
+        // after COMMAND ends), so the supervisor is sure to see how it died.
+        let script = format!(
+            "pid=$(cat '{}'); kill -{sig} $pid; \
+             while [ -e /proc/$pid ] && ! grep -q '^[0-9]* (.*) Z' /proc/$pid/stat; do sleep 0.05; done",
+            p.display()
+        );
+        let o = run(&["-P", p.to_str().unwrap(), "null", "--run", &script]);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(code), "{sig}: {}", stderr_str(&o));
+        assert!(
+            stderr_str(&o).contains(&format!(
+                "nbdkit command was killed by signal {}",
+                code - 128
+            )),
+            "{}",
+            stderr_str(&o)
+        );
+        assert!(o.stdout.is_empty(), "{sig}: {}", stdout_str(&o));
+    }
 }
 
 /// A 4096-byte export name (the protocol's maximum) that needs

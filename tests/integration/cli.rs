@@ -312,6 +312,32 @@ fn verbose_debug_messages() {
             .starts_with("nbdkit: debug: nbdkit 1."),
         "first -v line:\n{err}"
     );
+    assert!(err.lines().count() > 1, "only one debug line:\n{err}");
+    for l in err.lines() {
+        assert!(l.starts_with("nbdkit: "), "stderr line {l:?}");
+    }
+    // Debug output never goes to stdout (it belongs to COMMAND and to
+    // --print-uri), nor does the served process write there.
+    assert_eq!(stdout_str(&o), "", "-v wrote to stdout");
+    // Likewise for a foreground server that handles a connection.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let mut s = Server::start_with(dir, &["-v", "memory", "1M"], |cmd| {
+        cmd.stdout(out_file.try_clone().unwrap());
+    });
+    nbdinfo(&["--size", &s.uri()]);
+    s.stop_ok();
+    assert!(
+        s.stderr().contains("debug: memory: pread") || s.stderr().contains("debug: memory: open"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "",
+        "-v server wrote to stdout"
+    );
 }
 
 #[test]
@@ -403,4 +429,73 @@ fn conflicting_service_options() {
         );
         assert!(o.stdout.is_empty(), "{args:?}");
     }
+}
+
+/// `--print-uri` prints nbdkit 1.46's four lines (URI, shell-quoted URI,
+/// and an nbdinfo command, quoted by nbdkit's rules: bare when only
+/// `[A-Za-z0-9.-_=,:/]`, otherwise in double quotes) before COMMAND starts.
+#[test]
+fn print_uri_lines() {
+    let expect = |o: &std::process::Output, what: &str| -> String {
+        assert_success(o, what);
+        let out = stdout_str(o);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{what}:\n{out}");
+        // Line 5 is "$uri" echoed by COMMAND, after the printed lines.
+        let uri = lines[4];
+        let quoted = if uri
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_=,:/".contains(c))
+        {
+            uri.to_string()
+        } else {
+            format!("\"{}\"", uri.replace('$', "\\$"))
+        };
+        assert_eq!(
+            lines[..4],
+            [
+                uri,
+                &format!("Shell-quoted URI: {quoted}"),
+                "Command to query the NBD endpoint:",
+                &format!("  nbdinfo {quoted}"),
+            ],
+            "{what}"
+        );
+        // The quoted form means the URI to the shell.
+        let sh = run_cmd(
+            std::process::Command::new("/bin/sh").args(["-c", &format!("printf %s {quoted}")]),
+            TIMEOUT,
+        );
+        assert_eq!(stdout_str(&sh), uri, "{what}");
+        uri.to_string()
+    };
+    let o = run(&["-U", "-", "--print-uri", "null", "--run", "echo \"$uri\""]);
+    let uri = expect(&o, "-U -");
+    assert!(uri.starts_with("nbd+unix://?socket=/tmp/nbdkit"), "{uri}");
+
+    let o = run_cmd(
+        nbdkit()
+            .args(["-U", "-", "-e", "a b$c", "--print-url", "null", "--run"])
+            .arg("echo \"$uri\"; nbdinfo --size \"$uri\" >&2")
+            .env("PATH", client_path()),
+        TIMEOUT,
+    );
+    let uri = expect(&o, "-e 'a b$c'");
+    assert!(uri.starts_with("nbd+unix:///a%20b%24c?socket=/"), "{uri}");
+    assert_eq!(stderr_str(&o), "0\n");
+
+    let port = free_port().to_string();
+    let o = run(&[
+        "-p",
+        &port,
+        "-i",
+        "127.0.0.1",
+        "--show-uri",
+        "null",
+        "--run",
+        "echo \"$uri\"",
+    ]);
+    let uri = expect(&o, "-p PORT");
+    assert_eq!(uri, format!("nbd://localhost:{port}"));
+    assert!(stdout_str(&o).contains(&format!("\n  nbdinfo nbd://localhost:{port}\n")));
 }

@@ -193,20 +193,126 @@ fn exitlast_exits_after_the_last_client() {
 
 // ---------------------------------------------------------------- exitwhen
 
+/// Run a foreground exitwhen server with `param` whose event has already
+/// happened: it must exit 0 by itself (nbdkit's
+/// test-exitwhen-file-already-created.sh, for every kind of event).
+#[track_caller]
+fn exits_at_once(param: &str, setup: impl FnOnce(&mut std::process::Command)) {
+    let mut cmd = nbdkit();
+    cmd.args(["-f", "-U", "-", "--filter=exitwhen", "null", param]);
+    setup(&mut cmd);
+    let o = run_cmd(&mut cmd, TIMEOUT);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{param}: {}", stderr_str(&o));
+}
+
+/// Let the child inherit `fd` (clear its close-on-exec flag after fork).
+fn inherit_fd(cmd: &mut std::process::Command, fd: i32) {
+    // SAFETY: runs in the child between fork and exec and only calls
+    // fcntl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn exitwhen_event_already_happened_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let f = write_file(dir.path(), "stop", b"");
-    let o = run(&[
-        "-f",
-        "-U",
-        "-",
+    exits_at_once(&format!("exit-when-file-created={}", f.display()), |_| {});
+    let gone = dir.path().join("never-created");
+    exits_at_once(
+        &format!("exit-when-file-deleted={}", gone.display()),
+        |_| {},
+    );
+    exits_at_once("exit-when-script=exit 88", |_| {});
+    // A pipe whose write end is already closed.
+    let (r, w): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+    drop(w);
+    let fd = r.as_raw_fd();
+    exits_at_once(&format!("exit-when-pipe-closed={fd}"), |cmd| {
+        inherit_fd(cmd, fd)
+    });
+}
+
+/// `exit-when-script`: only status 88 is the event.  Any other non-zero
+/// status is logged as an error and the server goes on serving.
+#[test]
+fn exitwhen_script_failure_is_not_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let script = format!("echo x >> {}; exit 3", ran.display());
+    let mut s = Server::start(&[
         "--filter=exitwhen",
-        "null",
-        &format!("exit-when-file-created={}", f.display()),
+        "memory",
+        "1M",
+        &format!("exit-when-script={script}"),
+        "exit-when-poll=1",
     ]);
-    assert_no_panic(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr_str(&o));
+    // Wait until the idle poll has run the script a few times.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&ran)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(s.is_running(), "exited:\n{}", s.stderr());
+        assert!(start.elapsed() < TIMEOUT, "script not run:\n{}", s.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        s.is_running(),
+        "exit 3 was taken as the event\n{}",
+        s.stderr()
+    );
+    assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "1048576");
+    assert!(
+        s.stderr().contains("command failed with exit code 3"),
+        "{}",
+        s.stderr()
+    );
+    s.stop_ok();
+}
+
+/// A backgrounded server (forked before any thread existed) still runs
+/// exitwhen's polling thread, and exits by itself on the event.
+#[test]
+fn exitwhen_in_a_background_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sock");
+    let pidfile = dir.path().join("pid");
+    let f = dir.path().join("stop");
+    let o = run(&[
+        "-U",
+        sock.to_str().unwrap(),
+        "-P",
+        pidfile.to_str().unwrap(),
+        "--filter=exitwhen",
+        "memory",
+        "1M",
+        &format!("exit-when-file-created={}", f.display()),
+        "exit-when-poll=1",
+    ]);
+    assert_success(&o, "nbdkit in the background");
+    let pid = read_pid(&pidfile);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    assert_eq!(nbdinfo(&["--size", &uri]).trim(), "1048576");
+    assert!(alive(pid), "daemon {pid} exited before the event");
+    std::fs::write(&f, b"").unwrap();
+    let start = std::time::Instant::now();
+    while alive(pid) {
+        if start.elapsed() > TIMEOUT {
+            terminate(pid);
+            panic!("daemon {pid} did not exit on the event");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Serve with exitwhen watching `event` (polling every second while idle),
@@ -326,18 +432,7 @@ fn exitwhen_pipe_closed() {
             &param,
             "exit-when-poll=1",
         ],
-        |cmd| {
-            // SAFETY: runs in the child between fork and exec and only
-            // calls fcntl(2), which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
+        |cmd| inherit_fd(cmd, fd),
     );
     drop(r);
     nbdinfo(&["--size", &s.uri()]);

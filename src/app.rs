@@ -620,12 +620,13 @@ fn write_pidfile(path: &Path) -> Result<()> {
 }
 
 /// `--exit-with-parent`: ask the kernel for SIGTERM when the parent dies,
-/// and notice if it already has.
+/// and notice if it died while we were asking.  A parent that is PID 1 is
+/// fine (a container's init may start us), as with nbdkit.
 fn arm_exit_with_parent() -> Result<()> {
     let parent = nix::unistd::getppid();
     nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
         .map_err(|e| Error::os(e, "prctl: PR_SET_PDEATHSIG"))?;
-    if parent.as_raw() == 1 {
+    if nix::unistd::getppid() != parent {
         return Err(Error::config(
             "--exit-with-parent: the parent process has already exited",
         ));

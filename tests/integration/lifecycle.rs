@@ -205,3 +205,27 @@ fn exit_with_parent_server_goes_with_its_parent() {
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
 }
+
+/// A parent that is process 1 (a container's init) is a real parent:
+/// `--exit-with-parent` starts and serves, as the C nbdkit does.
+#[test]
+fn exit_with_parent_accepts_process_1_as_parent() {
+    // In a new PID namespace the shell is process 1 and nbdkit its child.
+    let script = format!(
+        "echo shell=$$; {} --exit-with-parent -U - memory 1M --run 'nbdinfo --size \"$uri\"'",
+        binary().display()
+    );
+    let o = run_cmd(
+        std::process::Command::new("unshare")
+            .args(["--fork", "--pid", "--mount-proc", "sh", "-c", &script])
+            .env("PATH", client_path()),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit --exit-with-parent under process 1");
+    let out = stdout_str(&o);
+    assert!(
+        out.starts_with("shell=1\n"),
+        "the shell is not process 1: {out}"
+    );
+    assert!(out.ends_with("1048576\n"), "{out}");
+}

@@ -54,13 +54,37 @@ impl Stream {
             }
             Stream::Unix(s) => {
                 s.set_nonblocking(false)?;
+                widen_send_buffer(s.as_fd());
                 s.as_fd().try_clone_to_owned()
             }
             Stream::Vsock(s) => {
                 s.set_nonblocking(false)?;
                 s.as_fd().try_clone_to_owned()
             }
-            Stream::Stdio { input, .. } => input.as_fd().try_clone_to_owned(),
+            Stream::Stdio { input, output } => {
+                // inetd and libnbd's connect_command hand us a socket.
+                widen_send_buffer(output.as_fd());
+                input.as_fd().try_clone_to_owned()
+            }
+        }
+    }
+}
+
+/// Send buffer asked for on Unix-domain connections (the kernel doubles it
+/// and caps it at `net.core.wmem_max`).
+pub const UNIX_SEND_BUFFER: usize = 2 << 20;
+
+/// Let a whole large read reply sit in a Unix socket's send buffer.  The
+/// default (about 200 KiB) made a worker sending a 1 MiB reply block and
+/// wake half a dozen times while the client drained it; this raised
+/// sequential 1 MiB reads by about 40%.  TCP is left to its own tuning
+/// (setting the size would turn that off).  Not a socket, or refused: no
+/// harm, the default stays.
+fn widen_send_buffer(fd: BorrowedFd<'_>) {
+    let sock = socket2::SockRef::from(&fd);
+    if matches!(sock.domain(), Ok(d) if d == socket2::Domain::UNIX) {
+        if let Err(e) = sock.set_send_buffer_size(UNIX_SEND_BUFFER) {
+            crate::log::debug(format!("SO_SNDBUF: {e}"));
         }
     }
 }

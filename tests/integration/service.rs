@@ -1017,6 +1017,40 @@ fn keepalive_sets_so_keepalive_on_tcp_connections() {
     }
 }
 
+/// Unix-domain connections get a send buffer that holds a whole large read
+/// reply (2 MiB asked; the kernel doubles it and caps the request at
+/// `net.core.wmem_max`), so a 1 MiB reply does not block the worker.
+#[test]
+fn unix_connections_get_a_large_send_buffer() {
+    assert_root();
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let expected = 2 * wmem_max.min(2 << 20);
+    let s = Server::start(&["memory", "1M"]);
+    let mut client = std::os::unix::net::UnixStream::connect(&s.sock).unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut greeting = [0u8; 18];
+    client.read_exact(&mut greeting).unwrap();
+    // The server's end of our connection: its peer is this process.
+    let me = std::process::id() as i32;
+    let connected: Vec<usize> = server_sockets(s.pid())
+        .iter()
+        .filter(|x| {
+            nix::sys::socket::getsockopt(*x, nix::sys::socket::sockopt::PeerCredentials)
+                .is_ok_and(|c| c.pid() == me)
+        })
+        .map(|x| x.send_buffer_size().unwrap())
+        .collect();
+    assert!(!connected.is_empty(), "no Unix connection found");
+    assert!(
+        connected.iter().all(|&n| n == expected),
+        "send buffers {connected:?}, expected {expected}"
+    );
+}
+
 // ---- contrib/ examples ----
 
 fn contrib(path: &str) -> String {

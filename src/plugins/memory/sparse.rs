@@ -8,19 +8,21 @@
 //! page is one lookup in a small, cache-hot map plus an array index, instead
 //! of a walk down a tree with one node per page.
 //!
-//! Locking: the directory has an `RwLock`, each slot its own `RwLock`.  Reads,
-//! writes, zeroes and extents hold the directory shared and lock only the
-//! slots they touch (shared to read, exclusive to change), so requests on
-//! different pages run in parallel.  The directory is taken exclusively only
+//! Locking: the directory has an `RwLock`, each slot its own `Mutex` (16
+//! bytes a page with the pointer, half what an `RwLock` slot took; requests
+//! hold it only to copy at most one page).  Reads, writes, zeroes and extents
+//! hold the directory shared and lock only the slots they touch, so requests
+//! on different pages run in parallel.  The directory is taken exclusively only
 //! to add a chunk or to drop chunks left empty.  The lock order is always
 //! directory, then slot.  Unallocated chunks are never visited page by page.
 
 use super::allocator::{is_zero, page_chunks, Allocator, PAGE_SIZE};
 use crate::error::Result;
 use crate::extents::{Extents, HOLE, ZERO};
+use crate::server::lock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Pages per chunk: a chunk maps 32 MiB of the disk with 1024 slots.
 pub const CHUNK_PAGES: u64 = 1024;
@@ -37,23 +39,26 @@ pub trait PageRepr: Send + Sync + Sized + 'static {
     fn is_all_zero(&self) -> Result<bool>;
 }
 
-/// A page kept as plain bytes.
-pub struct PlainPage(Box<[u8]>);
+/// A page kept as plain bytes (a thin pointer: 8 bytes a slot).
+pub struct PlainPage(Box<[u8; PAGE_SIZE]>);
 
 impl PageRepr for PlainPage {
     fn encode(data: Vec<u8>) -> Result<Self> {
-        Ok(PlainPage(data.into_boxed_slice()))
+        let page = data.into_boxed_slice().try_into().map_err(|_| {
+            crate::error::Error::new(nix::errno::Errno::EIO, "sparse: page of the wrong size")
+        })?;
+        Ok(PlainPage(page))
     }
     fn read(&self, at: usize, out: &mut [u8]) -> Result<()> {
         out.copy_from_slice(&self.0[at..at + out.len()]);
         Ok(())
     }
     fn update(&mut self, f: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        f(&mut self.0);
+        f(&mut self.0[..]);
         Ok(())
     }
     fn is_all_zero(&self) -> Result<bool> {
-        Ok(is_zero(&self.0))
+        Ok(is_zero(&self.0[..]))
     }
 }
 
@@ -70,7 +75,7 @@ pub(crate) fn wr<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 /// [`CHUNK_PAGES`] consecutive page slots.
 struct Chunk<P> {
-    slots: Box<[RwLock<Option<P>>]>,
+    slots: Box<[Mutex<Option<P>>]>,
     /// Pages present in `slots`.  Changes only under the directory's shared
     /// lock, so it is stable while the directory is held exclusively.
     used: AtomicUsize,
@@ -79,7 +84,7 @@ struct Chunk<P> {
 impl<P> Chunk<P> {
     fn new() -> Self {
         Chunk {
-            slots: (0..CHUNK_PAGES).map(|_| RwLock::new(None)).collect(),
+            slots: (0..CHUNK_PAGES).map(|_| Mutex::new(None)).collect(),
             used: AtomicUsize::new(0),
         }
     }
@@ -141,7 +146,7 @@ impl<P: PageRepr> SparseArray<P> {
                 },
             };
             let data = &buf[pos..pos + n];
-            let mut slot = wr(&chunk.slots[si]);
+            let mut slot = lock(&chunk.slots[si]);
             match slot.as_mut() {
                 Some(p) => p.update(&mut |d: &mut [u8]| d[at..at + n].copy_from_slice(data))?,
                 None => {
@@ -193,7 +198,7 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
                 }
             };
             match chunk {
-                Some(chunk) => match &*rd(&chunk.slots[si]) {
+                Some(chunk) => match &*lock(&chunk.slots[si]) {
                     Some(p) => p.read(at, out)?,
                     None => out.fill(0),
                 },
@@ -230,7 +235,7 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
             for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
                 let base = ci * CHUNK_PAGES;
                 for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
-                    let mut slot = wr(&chunk.slots[(page - base) as usize]);
+                    let mut slot = lock(&chunk.slots[(page - base) as usize]);
                     let Some(p) = slot.as_mut() else { continue };
                     let lo = offset.max(page * ps);
                     let hi = end.min((page + 1) * ps);
@@ -280,7 +285,7 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
         for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
             let base = ci * CHUNK_PAGES;
             for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
-                let flags = if rd(&chunk.slots[(page - base) as usize]).is_some() {
+                let flags = if lock(&chunk.slots[(page - base) as usize]).is_some() {
                     0
                 } else {
                     HOLE | ZERO

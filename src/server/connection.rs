@@ -7,6 +7,7 @@ use crate::server::negotiate::{negotiate, Negotiated};
 use crate::server::transmission::{self, Reader, Session, Writer, READ_BUFFER};
 use crate::server::{hold, lock, peer, Server};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 /// Held for a whole connection under `serialize_connections`.
@@ -45,6 +46,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
         crate::log::error(e.message());
         return;
     }
+    let wait_fd = socket.try_clone_fd().ok();
     let negotiated = negotiate(
         &server.handshake,
         &*server.stack.backend,
@@ -54,6 +56,12 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
         &mut writer,
     );
     crate::server::timeout::handshake_done();
+    // Plain sockets only: under TLS a request may wait decrypted inside
+    // the TLS layer while the socket has nothing to read.
+    let wait_fd = match &negotiated {
+        Ok(Some(_)) if !crate::server::tls::is_tls() => wait_fd,
+        _ => None,
+    };
     match negotiated {
         Ok(Some(Negotiated {
             export,
@@ -74,6 +82,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
                     1
                 },
                 request_lock,
+                wait_fd: wait_fd.as_ref().map(|f| f.as_fd()),
             };
             transmission::serve(&session, reader, writer);
             let _g = hold(request_lock);

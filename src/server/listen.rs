@@ -40,6 +40,16 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// A duplicate of the fd the connection reads from.
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Vsock(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Stdio { input, .. } => input.as_fd().try_clone_to_owned(),
+        }
+    }
+
     /// Make an accepted stream ready for its connection thread (blocking,
     /// `SO_KEEPALIVE` on TCP if asked) and return a duplicate of its fd, by
     /// which shutdown can stop reading from it.

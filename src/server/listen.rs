@@ -60,29 +60,22 @@ impl Stream {
                 if keepalive {
                     socket2::SockRef::from(s).set_keepalive(true)?;
                 }
-                s.as_fd().try_clone_to_owned()
             }
             Stream::Unix(s) => {
                 s.set_nonblocking(false)?;
                 widen_send_buffer(s.as_fd());
-                s.as_fd().try_clone_to_owned()
             }
-            Stream::Vsock(s) => {
-                s.set_nonblocking(false)?;
-                s.as_fd().try_clone_to_owned()
-            }
-            Stream::Stdio { input, output } => {
-                // inetd and libnbd's connect_command hand us a socket.
-                widen_send_buffer(output.as_fd());
-                input.as_fd().try_clone_to_owned()
-            }
+            Stream::Vsock(s) => s.set_nonblocking(false)?,
+            // inetd and libnbd's connect_command hand us a socket.
+            Stream::Stdio { output, .. } => widen_send_buffer(output.as_fd()),
         }
+        self.try_clone_fd()
     }
 }
 
 /// Send buffer asked for on Unix-domain connections (the kernel doubles it
 /// and caps it at `net.core.wmem_max`).
-pub const UNIX_SEND_BUFFER: usize = 2 << 20;
+const UNIX_SEND_BUFFER: usize = 2 << 20;
 
 /// Let a whole large read reply sit in a Unix socket's send buffer.  The
 /// default (about 200 KiB) made a worker sending a 1 MiB reply block and

@@ -154,7 +154,7 @@ fn worker(c: &Shared<'_>) {
 
 /// How long a connection's requests have been taking: a moving average of
 /// their run times, deciding whether the next one may run inline.
-pub struct Pace(AtomicU64);
+struct Pace(AtomicU64);
 
 impl Pace {
     /// Requests averaging less than this run inline (see [`worker`]): a
@@ -164,26 +164,20 @@ impl Pace {
     /// overlap and a slow plugin never runs inline.
     const INITIAL_NS: u64 = 1_000_000;
 
-    pub fn new() -> Self {
+    fn new() -> Self {
         Pace(AtomicU64::new(Self::INITIAL_NS))
     }
 
     /// Whether recent requests ran quickly enough to run the next inline.
-    pub fn quick(&self) -> bool {
+    fn quick(&self) -> bool {
         self.0.load(Ordering::Relaxed) < Self::INLINE_BELOW_NS
     }
 
     /// Fold one request's run time in (each new one weighs a quarter).
     /// Workers race on this; a lost update only blurs the average.
-    pub fn ran_for(&self, ns: u64) {
+    fn ran_for(&self, ns: u64) {
         let old = self.0.load(Ordering::Relaxed);
         self.0.store(old - old / 4 + ns / 4, Ordering::Relaxed);
-    }
-}
-
-impl Default for Pace {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -246,7 +240,7 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool 
                 execute(c.s, &req, buf)
             };
             c.pace
-                .ran_for(started.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+                .ran_for(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
             outcome
         }
     };

@@ -76,6 +76,14 @@ pub trait Filter: Send + Sync {
         ThreadModel::Parallel
     }
 
+    /// Whether this filter's own work on a data request never waits (no
+    /// I/O, no sleeping), so that a stack over a quick plugin stays quick
+    /// (see [`crate::plugin::Plugin::quick_requests`]).  A filter that does
+    /// not say is taken to wait.
+    fn quick_requests(&self) -> bool {
+        false
+    }
+
     fn get_ready(&self) -> Result<()> {
         Ok(())
     }

@@ -197,6 +197,12 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Whether every layer answers data requests without waiting (see
+    /// [`Plugin::quick_requests`]).
+    pub fn quick_requests(&self) -> bool {
+        self.plugin.quick_requests() && self.filters.iter().all(|f| f.quick_requests())
+    }
+
     /// `get_ready` on every layer, innermost first.
     pub fn get_ready(&self) -> Result<()> {
         trace(self.plugin.name(), || "get_ready".into());
@@ -700,5 +706,35 @@ impl Context for TracedContext {
     fn cache(&self, count: u64, offset: u64, f: u32) -> Result<()> {
         trace(&self.0, || format!("cache count={count} offset={offset}"));
         self.1.cache(count, offset, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(plugin: &str, filters: &[&str]) -> Stack {
+        Chain {
+            filters: filters
+                .iter()
+                .map(|f| crate::filters::new_filter(f).expect("known filter"))
+                .collect(),
+            plugin: crate::plugins::new_plugin(plugin).expect("known plugin"),
+        }
+        .into_stack()
+    }
+
+    #[test]
+    fn a_stack_is_quick_only_if_every_layer_is() {
+        assert!(stack("memory", &[]).quick_requests());
+        assert!(stack(
+            "null",
+            &["ip", "limit", "exitlast", "exitwhen", "noparallel"]
+        )
+        .quick_requests());
+        // A filter that sleeps, or a plugin that waits for a disk.
+        assert!(!stack("memory", &["ip", "delay"]).quick_requests());
+        assert!(!stack("file", &[]).quick_requests());
+        assert!(!stack("file", &["limit"]).quick_requests());
     }
 }

@@ -171,6 +171,14 @@ pub trait Plugin: Send + Sync {
         ThreadModel::Parallel
     }
 
+    /// Whether every data request is answered from memory in microseconds,
+    /// never waiting for a disk, the network or a timer.  The server may
+    /// then run a request on the worker that read it instead of handing it
+    /// on (see `server::transmission`).  Our own hint; nbdkit has none.
+    fn quick_requests(&self) -> bool {
+        false
+    }
+
     /// Last check before serving; errors here are still shown to the user.
     fn get_ready(&self) -> Result<()> {
         Ok(())

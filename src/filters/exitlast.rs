@@ -41,6 +41,10 @@ impl Filter for ExitLast {
         "exitlast"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit exitlast filter")
     }

@@ -241,6 +241,10 @@ impl Filter for ExitWhen {
         "exitwhen"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit exitwhen filter")
     }

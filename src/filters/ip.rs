@@ -272,6 +272,10 @@ impl Filter for Ip {
         "ip"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit ip filter")
     }

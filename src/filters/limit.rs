@@ -59,6 +59,10 @@ impl Filter for Limit {
         "limit"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit limit filter")
     }

@@ -30,6 +30,10 @@ impl Filter for NoParallel {
         "noparallel"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit noparallel filter")
     }

@@ -123,6 +123,10 @@ impl Plugin for MemoryPlugin {
         "memory"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &'static str {
         "virtual memory (RAM disk) plugin"
     }

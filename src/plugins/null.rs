@@ -42,6 +42,10 @@ impl Plugin for NullPlugin {
         "null"
     }
 
+    fn quick_requests(&self) -> bool {
+        true
+    }
+
     fn description(&self) -> &'static str {
         "null plugin: reads return zeroes, writes are discarded"
     }

@@ -82,6 +82,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
                     1
                 },
                 request_lock,
+                quick_layers: server.stack.quick_requests(),
                 wait_fd: wait_fd.as_ref().map(|f| f.as_fd()),
             };
             transmission::serve(&session, reader, writer);

@@ -47,6 +47,9 @@ pub struct Session<'a> {
     pub base_allocation: bool,
     /// Number of workers (1 serializes the connection's requests).
     pub workers: usize,
+    /// Every layer answers without waiting, so a request may run on the
+    /// worker that read it (see [`worker`]).
+    pub quick_layers: bool,
     /// Held around every request (`serialize_all_requests`).
     pub request_lock: Option<&'a Mutex<()>>,
     /// The connection's socket, polled briefly for the next request (see
@@ -131,12 +134,14 @@ fn worker(c: &Shared<'_>) {
                     return;
                 }
             };
-            // When no other request is waiting in the read buffer and this
-            // connection's requests have been quick, run this one here and
-            // keep the read side: waking another worker just to wait for
-            // the next request costs more than the request itself.
-            // Otherwise hand the read side on first, so requests overlap.
-            if c.s.workers > 1 && r.buffer().is_empty() && c.pace.quick() {
+            // When the layers never wait, no other request is waiting in
+            // the read buffer and this connection's requests have been
+            // quick, run this one here and keep the read side: waking
+            // another worker just to wait for the next request costs more
+            // than the request itself.  Otherwise hand the read side on
+            // first, so requests overlap (a plugin that may wait for a disk
+            // always does this, so one slow read never holds up the next).
+            if c.s.workers > 1 && c.s.quick_layers && r.buffer().is_empty() && c.pace.quick() {
                 ran_inline = true;
                 if !run_and_reply(c, incoming, &mut buf) {
                     return;

@@ -33,6 +33,33 @@ fn parallel_requests_reply_out_of_order() {
     assert_eq!(completion_order(&[]), "read write");
 }
 
+/// Many quick requests first must not make the server run a slow one on
+/// the worker that read it: the delay filter may wait, so a slow read still
+/// overlaps a write sent while it runs.
+#[test]
+fn slow_request_after_quick_ones_still_overlaps() {
+    let s = Server::start(&["--filter=delay", "memory", "1M", "rdelay=2"]);
+    let script = r#"
+import time
+for i in range(200):
+    h.pwrite(b"q" * 512, i * 512)
+order = []
+def done(name):
+    def cb(err):
+        order.append(name)
+        return 0
+    return cb
+h.aio_pread(nbd.Buffer(512), 0, completion=done("read"))
+# The read is on its way alone; the write follows once it is running.
+time.sleep(0.3)
+h.aio_pwrite(b"x" * 512, 512, completion=done("write"))
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+print(" ".join(order))
+"#;
+    assert_eq!(python(&s.uri(), script, &[]).trim(), "write read");
+}
+
 #[test]
 fn one_thread_replies_in_order() {
     assert_eq!(completion_order(&["-t", "1"]), "write read");

@@ -126,9 +126,9 @@ impl<P: PageRepr> SparseArray<P> {
         rd(&self.dir).len()
     }
 
-    /// Write the part of `buf` that falls in `[pos, ...)` of the request
-    /// while the chunks it needs exist.  Returns how far it got: the end of
-    /// `buf`, or the position of the first page whose chunk is missing.
+    /// Write `buf[from..]` (at `offset + from`) for as long as the chunks it
+    /// needs exist.  Returns how far it got: the end of `buf`, or the
+    /// position in `buf` of the first page whose chunk is missing.
     fn write_present(&self, buf: &[u8], offset: u64, from: usize) -> Result<usize> {
         let dir = rd(&self.dir);
         let mut cached: Option<(u64, &Chunk<P>)> = None;

@@ -5,27 +5,37 @@
 use crate::harness::*;
 use std::time::{Duration, Instant};
 
-/// Issue a slow write (3 s) at 512 then a quicker read (1 s) at 0 without
-/// waiting, and print the order in which they complete.
-const ORDER_SCRIPT: &str = r#"
+/// Run `requests` (Python issuing `aio_*` calls with `completion=done(NAME)`)
+/// and print the names in the order the requests complete.
+fn completion_order_of(uri: &str, requests: &str) -> String {
+    let script = format!(
+        r#"
 order = []
 def done(name):
     def cb(err):
         order.append(name)
         return 0
     return cb
-h.aio_pwrite(b"x" * 512, 512, completion=done("write"))
-h.aio_pread(nbd.Buffer(512), 0, completion=done("read"))
+{requests}
 while h.aio_in_flight() > 0:
     h.poll(-1)
 print(" ".join(order))
-"#;
+"#
+    );
+    python(uri, &script, &[]).trim().to_string()
+}
 
+/// Issue a slow write (3 s) at 512 then a quicker read (1 s) at 0 without
+/// waiting, and give the order in which they complete.
 fn completion_order(args: &[&str]) -> String {
     let mut full = vec!["--filter=delay", "memory", "1M", "wdelay=3", "rdelay=1"];
     full.extend_from_slice(args);
     let s = Server::start(&full);
-    python(&s.uri(), ORDER_SCRIPT, &[]).trim().to_string()
+    completion_order_of(
+        &s.uri(),
+        r#"h.aio_pwrite(b"x" * 512, 512, completion=done("write"))
+h.aio_pread(nbd.Buffer(512), 0, completion=done("read"))"#,
+    )
 }
 
 #[test]
@@ -39,25 +49,15 @@ fn parallel_requests_reply_out_of_order() {
 #[test]
 fn slow_request_after_quick_ones_still_overlaps() {
     let s = Server::start(&["--filter=delay", "memory", "1M", "rdelay=2"]);
-    let script = r#"
+    let requests = r#"
 import time
 for i in range(200):
     h.pwrite(b"q" * 512, i * 512)
-order = []
-def done(name):
-    def cb(err):
-        order.append(name)
-        return 0
-    return cb
 h.aio_pread(nbd.Buffer(512), 0, completion=done("read"))
 # The read is on its way alone; the write follows once it is running.
 time.sleep(0.3)
-h.aio_pwrite(b"x" * 512, 512, completion=done("write"))
-while h.aio_in_flight() > 0:
-    h.poll(-1)
-print(" ".join(order))
-"#;
-    assert_eq!(python(&s.uri(), script, &[]).trim(), "write read");
+h.aio_pwrite(b"x" * 512, 512, completion=done("write"))"#;
+    assert_eq!(completion_order_of(&s.uri(), requests), "write read");
 }
 
 #[test]

@@ -96,18 +96,41 @@ impl Pki {
 
     /// A server requiring TLS with `keys.psk`, serving `plugin...`.
     fn psk_server(&self, plugin: &[&str]) -> Server {
-        let psk = format!("--tls-psk={}", self.path("keys.psk"));
-        let mut args = vec!["--tls=require", psk.as_str()];
-        args.extend_from_slice(plugin);
-        Server::start(&args)
+        self.server(
+            "--tls=require",
+            &format!("--tls-psk={}", self.path("keys.psk")),
+            plugin,
+        )
     }
 
     /// A server requiring TLS with the `pki/` certificates.
     fn x509_server(&self, extra: &[&str]) -> Server {
+        self.x509_server_with("--tls=require", extra)
+    }
+
+    /// A server with the `pki/` certificates and TLS `mode`.
+    fn x509_server_with(&self, mode: &str, extra: &[&str]) -> Server {
         let certs = format!("--tls-certificates={}", self.path("pki"));
-        let mut args = vec!["--tls=require", certs.as_str()];
+        self.server(mode, &certs, extra)
+    }
+
+    fn server(&self, mode: &str, credentials: &str, extra: &[&str]) -> Server {
+        let mut args = vec![mode, credentials];
         args.extend_from_slice(extra);
         Server::start(&args)
+    }
+
+    /// Send NBD_OPT_STARTTLS on a raw connection and run the TLS handshake
+    /// as a client trusting our CA.
+    fn starttls(&self, mut plain: UnixStream) -> openssl::ssl::SslStream<UnixStream> {
+        send_opt(&mut plain, OPT_STARTTLS, b"");
+        assert_eq!(opt_reply(&mut plain).1, REP_ACK);
+        let mut b =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+        b.set_ca_file(self.dir.path().join("ca-cert.pem")).unwrap();
+        b.build()
+            .connect("localhost", plain)
+            .expect("TLS handshake")
     }
 
     /// The URI by which alice reaches `s` with `keyfile` (`keys.psk`, ...).
@@ -190,12 +213,11 @@ fn plaintext_refused_under_require() {
 #[test]
 fn tls_on_serves_plaintext_and_tls() {
     let pki = Pki::new();
-    let s = Server::start(&[
+    let s = pki.server(
         "--tls=on",
         &format!("--tls-psk={}", pki.path("keys.psk")),
-        "memory",
-        "1M",
-    ]);
+        &["memory", "1M"],
+    );
     let plain = nbdinfo(&[s.uri()]);
     assert!(plain.contains("newstyle-fixed without TLS"), "{plain}");
     let secure = nbdinfo(&[pki.psk_uri(&s, "keys.psk")]);
@@ -484,15 +506,7 @@ fn starttls_protocol_rules() {
         assert_eq!((o, t), (opt, REP_ERR_TLS_REQD));
     }
     assert_eq!(go(&mut plain), REP_ERR_TLS_REQD);
-    send_opt(&mut plain, OPT_STARTTLS, b"");
-    assert_eq!(opt_reply(&mut plain).1, REP_ACK);
-
-    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
-    b.set_ca_file(pki.dir.path().join("ca-cert.pem")).unwrap();
-    let mut tls = b
-        .build()
-        .connect("localhost", plain)
-        .expect("TLS handshake");
+    let mut tls = pki.starttls(plain);
 
     // A second STARTTLS is invalid; options work now.
     send_opt(&mut tls, OPT_STARTTLS, b"");
@@ -951,12 +965,7 @@ const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 #[test]
 fn starttls_forgets_what_was_negotiated_in_plaintext() {
     let pki = Pki::new();
-    let s = Server::start(&[
-        "--tls=on",
-        &format!("--tls-certificates={}", pki.path("pki")),
-        "memory",
-        "1M",
-    ]);
+    let s = pki.x509_server_with("--tls=on", &["memory", "1M"]);
     let mut plain = UnixStream::connect(&s.sock).unwrap();
     plain.set_read_timeout(Some(TIMEOUT)).unwrap();
     read_n(&mut plain, 18);
@@ -971,14 +980,7 @@ fn starttls_forgets_what_was_negotiated_in_plaintext() {
     send_opt(&mut plain, OPT_SET_META_CONTEXT, &q);
     assert_eq!(opt_reply(&mut plain).1, REP_META_CONTEXT);
     assert_eq!(opt_reply(&mut plain).1, REP_ACK);
-    send_opt(&mut plain, OPT_STARTTLS, b"");
-    assert_eq!(opt_reply(&mut plain).1, REP_ACK);
-    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
-    b.set_ca_file(pki.dir.path().join("ca-cert.pem")).unwrap();
-    let mut tls = b
-        .build()
-        .connect("localhost", plain)
-        .expect("TLS handshake");
+    let mut tls = pki.starttls(plain);
     assert_eq!(go(&mut tls), REP_ACK);
 
     let request = |tls: &mut openssl::ssl::SslStream<UnixStream>, cmd: u16, cookie: u64| {

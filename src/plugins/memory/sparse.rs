@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::extents::{Extents, HOLE, ZERO};
 use crate::server::lock;
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -88,6 +89,57 @@ impl<P> Chunk<P> {
             used: AtomicUsize::new(0),
         }
     }
+
+    /// The slot of page `page` (which must belong to this chunk).
+    fn slot(&self, page: u64) -> &Mutex<Option<P>> {
+        &self.slots[locate(page).1]
+    }
+}
+
+type Directory<P> = BTreeMap<u64, Chunk<P>>;
+
+/// Chunk lookups for the pages of one request, in order: consecutive pages
+/// of the same chunk cost one directory search.
+struct Lookup<'a, P> {
+    dir: &'a Directory<P>,
+    last: Option<(u64, Option<&'a Chunk<P>>)>,
+}
+
+impl<'a, P> Lookup<'a, P> {
+    fn new(dir: &'a Directory<P>) -> Self {
+        Lookup { dir, last: None }
+    }
+
+    /// The chunk holding `page`, if it exists.
+    fn chunk(&mut self, page: u64) -> Option<&'a Chunk<P>> {
+        let ci = locate(page).0;
+        match self.last {
+            Some((c, chunk)) if c == ci => chunk,
+            _ => {
+                let chunk = self.dir.get(&ci);
+                self.last = Some((ci, chunk));
+                chunk
+            }
+        }
+    }
+}
+
+/// The chunks that exist among pages `first..=last`, each with its index
+/// and the pages of the range it holds.
+fn chunks_in<P>(
+    dir: &Directory<P>,
+    first: u64,
+    last: u64,
+) -> impl Iterator<Item = (u64, &Chunk<P>, RangeInclusive<u64>)> {
+    dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES)
+        .map(move |(&ci, chunk)| {
+            let base = ci * CHUNK_PAGES;
+            (
+                ci,
+                chunk,
+                first.max(base)..=last.min(base + CHUNK_PAGES - 1),
+            )
+        })
 }
 
 /// Where page `page` lives: (chunk index, slot in the chunk).
@@ -98,7 +150,7 @@ fn locate(page: u64) -> (u64, usize) {
 /// A sparse array of pages stored as `P`.
 pub struct SparseArray<P: PageRepr> {
     name: &'static str,
-    dir: RwLock<BTreeMap<u64, Chunk<P>>>,
+    dir: RwLock<Directory<P>>,
 }
 
 /// The `sparse` allocator.
@@ -131,22 +183,14 @@ impl<P: PageRepr> SparseArray<P> {
     /// position in `buf` of the first page whose chunk is missing.
     fn write_present(&self, buf: &[u8], offset: u64, from: usize) -> Result<usize> {
         let dir = rd(&self.dir);
-        let mut cached: Option<(u64, &Chunk<P>)> = None;
+        let mut lookup = Lookup::new(&dir);
         for (page, at, n, pos) in page_chunks(offset + from as u64, buf.len() - from) {
             let pos = from + pos;
-            let (ci, si) = locate(page);
-            let chunk = match cached {
-                Some((c, chunk)) if c == ci => chunk,
-                _ => match dir.get(&ci) {
-                    Some(chunk) => {
-                        cached = Some((ci, chunk));
-                        chunk
-                    }
-                    None => return Ok(pos),
-                },
+            let Some(chunk) = lookup.chunk(page) else {
+                return Ok(pos);
             };
             let data = &buf[pos..pos + n];
-            let mut slot = lock(&chunk.slots[si]);
+            let mut slot = lock(chunk.slot(page));
             match slot.as_mut() {
                 Some(p) => p.update(&mut |d: &mut [u8]| d[at..at + n].copy_from_slice(data))?,
                 None => {
@@ -185,20 +229,11 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
 
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let dir = rd(&self.dir);
-        let mut cached: Option<(u64, Option<&Chunk<P>>)> = None;
+        let mut lookup = Lookup::new(&dir);
         for (page, at, n, pos) in page_chunks(offset, buf.len()) {
             let out = &mut buf[pos..pos + n];
-            let (ci, si) = locate(page);
-            let chunk = match cached {
-                Some((c, chunk)) if c == ci => chunk,
-                _ => {
-                    let chunk = dir.get(&ci);
-                    cached = Some((ci, chunk));
-                    chunk
-                }
-            };
-            match chunk {
-                Some(chunk) => match &*lock(&chunk.slots[si]) {
+            match lookup.chunk(page) {
+                Some(chunk) => match &*lock(chunk.slot(page)) {
                     Some(p) => p.read(at, out)?,
                     None => out.fill(0),
                 },
@@ -232,10 +267,9 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
         let mut emptied = Vec::new();
         {
             let dir = rd(&self.dir);
-            for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
-                let base = ci * CHUNK_PAGES;
-                for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
-                    let mut slot = lock(&chunk.slots[(page - base) as usize]);
+            for (ci, chunk, pages) in chunks_in(&dir, first, last) {
+                for page in pages {
+                    let mut slot = lock(chunk.slot(page));
                     let Some(p) = slot.as_mut() else { continue };
                     let lo = offset.max(page * ps);
                     let hi = end.min((page + 1) * ps);
@@ -282,10 +316,9 @@ impl<P: PageRepr> Allocator for SparseArray<P> {
         let (first, last) = (start / ps, (end - 1) / ps);
         let mut cursor = first * ps;
         let dir = rd(&self.dir);
-        for (&ci, chunk) in dir.range(first / CHUNK_PAGES..=last / CHUNK_PAGES) {
-            let base = ci * CHUNK_PAGES;
-            for page in first.max(base)..=last.min(base + CHUNK_PAGES - 1) {
-                let flags = if lock(&chunk.slots[(page - base) as usize]).is_some() {
+        for (_, chunk, pages) in chunks_in(&dir, first, last) {
+            for page in pages {
+                let flags = if lock(chunk.slot(page)).is_some() {
                     0
                 } else {
                     HOLE | ZERO

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// The global handshake flags `--mask-handshake` may clear.
+const HANDSHAKE_FLAGS: u32 = (crate::protocol::consts::NBD_FLAG_FIXED_NEWSTYLE
+    | crate::protocol::consts::NBD_FLAG_NO_ZEROES) as u32;
+
 /// Which address family `-4`/`-6` restricts TCP listening to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Family {
@@ -326,7 +330,17 @@ where
             Opt::Help => o.action = Action::Help,
             Opt::Version => o.action = Action::Version,
             Opt::ExitWithParent => o.exit_with_parent = true,
-            Opt::ExportName => o.exportname = value(),
+            Opt::ExportName => {
+                let name = value();
+                if name.len() > crate::protocol::consts::NBD_MAX_STRING {
+                    return Err(Error::config(format!(
+                        "-e: export name is {} bytes long, the NBD protocol allows at most {}",
+                        name.len(),
+                        crate::protocol::consts::NBD_MAX_STRING
+                    )));
+                }
+                o.exportname = name;
+            }
             Opt::Filter => o.filters.push(value()),
             Opt::Foreground => o.foreground = true,
             Opt::Group => o.group = Some(value()),
@@ -335,6 +349,12 @@ where
             Opt::Log => o.log = Some(value()),
             Opt::MaskHandshake => {
                 let v = crate::parse::parse_unsigned("mask-handshake", &value(), u32::MAX as u64)?;
+                // Only the global handshake flags nbdkit knows can be masked.
+                if v & !u64::from(HANDSHAKE_FLAGS) != 0 {
+                    return Err(Error::config(format!(
+                        "--mask-handshake: {v:#x} has bits outside the known handshake flags ({HANDSHAKE_FLAGS:#x})"
+                    )));
+                }
                 o.mask_handshake = Some(v as u32);
             }
             Opt::Newstyle => o.oldstyle = false,
@@ -345,7 +365,13 @@ where
             Opt::Port => o.port = Some(value()),
             Opt::PrintUri => o.print_uri = true,
             Opt::Readonly => o.readonly = true,
-            Opt::Run => o.run = Some(value()),
+            Opt::Run => {
+                let cmd = value();
+                if cmd.trim().is_empty() {
+                    return Err(Error::config("--run: the command must not be empty"));
+                }
+                o.run = Some(cmd);
+            }
             Opt::SelinuxLabel => o.selinux_label = Some(value()),
             Opt::Single => o.single = true,
             Opt::Swap => o.swap = true,

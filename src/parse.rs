@@ -8,11 +8,12 @@ use crate::error::{Error, Result};
 pub const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// Parse a size string as `nbdkit_parse_size` does: a decimal integer with
-/// optional leading whitespace and `+`, optionally followed by exactly one of
-/// the suffixes `b s k m g t p e` (either case).  The result must fit in
-/// 2^63 - 1.
+/// optional `+`, optionally followed by exactly one of the suffixes
+/// `b s k m g t p e` (either case).  The result must fit in 2^63 - 1.
+/// Unlike nbdkit (whose `strtoll` skips it), leading whitespace is refused:
+/// `size=' 1M'` is far more likely a quoting mistake than a size.
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let t = s;
     let (negative, digits_and_suffix) = match t.as_bytes().first() {
         Some(b'+') => (false, &t[1..]),
         Some(b'-') => (true, &t[1..]),
@@ -132,9 +133,7 @@ mod tests {
         let ok: &[(&str, u64)] = &[
             ("0", 0),
             ("-0", 0),
-            (" -0", 0),
             ("+0", 0),
-            (" 08", 8),
             ("1", 1),
             ("+1", 1),
             ("1234567890", 1234567890),
@@ -167,6 +166,11 @@ mod tests {
     #[test]
     fn rejects_what_nbdkit_rejects() {
         let bad = [
+            // nbdkit accepts these two (strtoll skips the blank); we do not.
+            " -0",
+            " 08",
+            " 1M",
+            "\t1M",
             "",
             " ",
             "+ 1",

@@ -146,6 +146,11 @@ impl Plugin for MemoryPlugin {
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
+            "size" if self.size.is_some() => {
+                return Err(Error::config(format!(
+                    "size given more than once (second: {value})"
+                )))
+            }
             "size" => self.size = Some(parse_size(value)?),
             "allocator" => self.kind = AllocatorKind::parse(value)?,
             _ => return Err(Error::config(format!("unknown parameter '{key}'"))),

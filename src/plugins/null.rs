@@ -10,6 +10,7 @@ use crate::plugin::{CacheMode, FuaMode, Handle, Plugin, ZeroFlags, ZeroMode};
 #[derive(Debug, Default)]
 pub struct NullPlugin {
     size: u64,
+    size_given: bool,
 }
 
 impl NullPlugin {
@@ -64,8 +65,12 @@ impl Plugin for NullPlugin {
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
+            "size" if self.size_given => Err(Error::config(format!(
+                "size given more than once (second: {value})"
+            ))),
             "size" => {
                 self.size = parse_size(value)?;
+                self.size_given = true;
                 Ok(())
             }
             _ => Err(Error::config(format!("unknown parameter '{key}'"))),

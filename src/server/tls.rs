@@ -229,7 +229,12 @@ fn psk_context(file: &str) -> Result<SslContext> {
     // without a restart), by absolute path since a daemon changes directory.
     let path = std::fs::canonicalize(file).map_err(|e| Error::io(e, file))?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(e, file))?;
-    parse_psk_file(&text).map_err(|e| Error::config(format!("{file}: {e}")))?;
+    let keys = parse_psk_file(&text).map_err(|e| Error::config(format!("{file}: {e}")))?;
+    if keys.is_empty() {
+        return Err(Error::config(format!(
+            "{file}: the PSK file holds no keys (expected username:hexkey lines, as psktool writes)"
+        )));
+    }
     let mut b = base_context().map_err(|e| ssl_error("creating context", e))?;
     // TLS 1.2 PSK suites (ECDHE first); in TLS 1.3 an external PSK needs a
     // SHA-256 suite.

@@ -351,10 +351,8 @@ fn plugin_config() {
     assert_eq!(p.magic_config_key(), Some("size"));
     assert!(p.dump_plugin().contains(&"mlock=yes".to_string()));
     assert!(p.callbacks().contains(&"pwrite"));
-    // Last size wins.
-    let p = configured(&[("size", "1M"), ("size", "2M")]).unwrap();
-    let h = p.open(false, "", false).unwrap();
-    assert_eq!(h.get_size().unwrap(), 2 << 20);
+    // Two sizes are a mistake, not "the last one wins".
+    assert!(configured(&[("size", "1M"), ("size", "2M")]).is_err());
 }
 
 #[test]

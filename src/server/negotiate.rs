@@ -243,7 +243,14 @@ impl Negotiation<'_> {
                         NBD_REP_INFO,
                         &info_export_payload(export.size, eflags),
                     )?;
+                    // Each distinct request is answered once, however often
+                    // the client repeats it (a GO may carry thousands).
+                    let mut answered = [false; 4];
                     for &info in &req.requests {
+                        match answered.get_mut(usize::from(info)) {
+                            Some(done) if !*done => *done = true,
+                            _ => continue,
+                        }
                         match info {
                             NBD_INFO_NAME => self.reply(
                                 w,

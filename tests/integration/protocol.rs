@@ -225,6 +225,44 @@ fn go_reports_size_and_flags() {
     s.stop_ok();
 }
 
+/// A GO repeating the same information requests thousands of times gets
+/// one reply per distinct request, not one per repetition.
+#[test]
+fn repeated_info_requests_are_answered_once() {
+    let mut s = Server::start(&["memory", "1M"]);
+    let mut c = Conn::fixed(&s.sock);
+    let n: u16 = 30_000;
+    let mut d = Vec::new();
+    d.extend_from_slice(&0u32.to_be_bytes());
+    d.extend_from_slice(&(2 * n).to_be_bytes());
+    for _ in 0..n {
+        // NBD_INFO_BLOCK_SIZE and NBD_INFO_NAME, alternately.
+        d.extend_from_slice(&3u16.to_be_bytes());
+        d.extend_from_slice(&1u16.to_be_bytes());
+    }
+    // The count field is 16 bits: 60,000 requests still fit.
+    c.send_opt(OPT_INFO, &d);
+    let mut kinds = Vec::new();
+    loop {
+        let (o, t, data) = c.opt_reply();
+        assert_eq!(o, OPT_INFO);
+        if t != REP_INFO {
+            assert_eq!(t, REP_ACK);
+            break;
+        }
+        kinds.push(u16::from_be_bytes([data[0], data[1]]));
+    }
+    let replies = kinds.len();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(kinds, [0, 1, 3]);
+    assert_eq!(replies, 3, "one reply per distinct request, got {replies}");
+    // The connection is still in step: GO works.
+    c.go();
+    c.disconnect();
+    s.stop_ok();
+}
+
 #[test]
 fn unknown_option_then_go() {
     let s = Server::start(&["memory", "64K"]);

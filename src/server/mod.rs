@@ -138,14 +138,24 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
     }
     let registry = Arc::new(Registry::default());
     let next_id = AtomicU64::new(1);
+    let mut backoff = AcceptBackoff::default();
     while !quit::requested() && !quit::draining() {
         let mut fds: Vec<PollFd> = Vec::with_capacity(listeners.len() + 2);
         fds.push(PollFd::new(quit::fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(quit::drain_fd(), PollFlags::POLLIN));
-        for l in &listeners {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        // While accepting is paused the listeners are left out, so a
+        // pending connection cannot spin the loop; the pause is the timeout.
+        let paused = backoff.pause();
+        if paused.is_none() {
+            for l in &listeners {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = match paused {
+            Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Error::os(e, "poll")),
@@ -163,20 +173,39 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
             quit::clear_drain_wakeups();
             continue;
         }
-        for (l, _) in listeners.iter().zip(&ready[2..]).filter(|(_, r)| **r) {
+        // After a pause, every listener is tried again.
+        let try_all = paused.is_some();
+        let ready = ready.get(2..).unwrap_or(&[]);
+        for (i, l) in listeners.iter().enumerate() {
+            if !try_all && !ready.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             loop {
                 match l.accept() {
                     Ok(stream) => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        start_connection(&server, &registry, id, stream);
+                        // Setting a connection up takes more descriptors;
+                        // running out there is the same shortage.
+                        if let Err(e) = start_connection(&server, &registry, id, stream) {
+                            backoff.failed(&e);
+                            break;
+                        }
+                        backoff.succeeded();
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if AcceptBackoff::is_resource_shortage(&e) => {
+                        backoff.failed(&e);
+                        break;
+                    }
                     Err(e) => {
                         crate::log::error(format!("accept: {e}"));
                         break;
                     }
                 }
+            }
+            if backoff.armed {
+                break;
             }
         }
     }
@@ -192,25 +221,92 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
     Ok(())
 }
 
-fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, stream: Stream) {
+/// Pausing `accept` when the process or the system is out of file
+/// descriptors (or memory): a pending connection stays readable, so
+/// retrying at once would spin at full CPU and log without end.  Each
+/// failure in a row doubles the pause, from 10 ms up to 1 s.  A shortage is
+/// logged when it starts, and at most once every 10 s however often it
+/// comes and goes.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    delay: Option<std::time::Duration>,
+    /// The pause is due (set by a failure, cleared when the wait is over).
+    armed: bool,
+    logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn is_resource_shortage(e: &std::io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+
+    /// How long to wait before accepting again, if a pause is due; taking
+    /// it disarms it (the next accept attempt decides what follows).
+    fn pause(&mut self) -> Option<std::time::Duration> {
+        if std::mem::take(&mut self.armed) {
+            self.delay
+        } else {
+            None
+        }
+    }
+
+    fn failed(&mut self, e: &std::io::Error) {
+        let next = match self.delay {
+            None => {
+                if self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+                    self.logged = Some(std::time::Instant::now());
+                    crate::log::error(format!(
+                        "accept: {e}: not accepting new connections until one can be opened"
+                    ));
+                }
+                Self::FIRST
+            }
+            Some(d) => (d * 2).min(Self::MAX),
+        };
+        self.delay = Some(next);
+        self.armed = true;
+    }
+
+    fn succeeded(&mut self) {
+        if self.delay.take().is_some() {
+            crate::log::debug("accept: accepting new connections again");
+        }
+        self.armed = false;
+    }
+}
+
+/// Set up and start one accepted connection.  A shortage of descriptors
+/// or memory is returned (the connection is dropped, and accepting
+/// pauses); any other failure is logged here.
+fn start_connection(
+    server: &Arc<Server>,
+    registry: &Arc<Registry>,
+    id: u64,
+    stream: Stream,
+) -> std::io::Result<()> {
     let prepared = stream
         .prepare(server.keepalive)
-        .and_then(|fd| Ok((fd, connection::split(stream)?)));
-    let (fd, halves) = match prepared {
+        .and_then(|fd| Ok((fd, connection::split(stream)?)))
+        .and_then(|(fd, halves)| {
+            let timer_fd = server.timeout.map(|_| fd.try_clone()).transpose()?;
+            Ok((fd, halves, timer_fd))
+        });
+    let (fd, halves, timer_fd) = match prepared {
         Ok(p) => p,
+        Err(e) if AcceptBackoff::is_resource_shortage(&e) => return Err(e),
         Err(e) => {
             crate::log::error(format!("connection {id}: {e}"));
-            return;
+            return Ok(());
         }
     };
     let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&fd));
-    let timer_fd = match server.timeout.map(|_| fd.try_clone()).transpose() {
-        Ok(t) => t,
-        Err(e) => {
-            crate::log::error(format!("connection {id}: {e}"));
-            return;
-        }
-    };
     registry.add(id, fd);
     let name = format!("{}[{id}]", server.stack.plugin.name());
     let server = server.clone();
@@ -232,4 +328,5 @@ fn start_connection(server: &Arc<Server>, registry: &Arc<Registry>, id: u64, str
         crate::log::error(format!("cannot start connection thread: {e}"));
         registry.remove(id);
     }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod accept;
 mod captive;
 mod cli;
 mod clients;

@@ -586,3 +586,33 @@ fn limit_default_is_one() {
     );
     assert_eq!(out, "refused\n");
 }
+
+/// retry-request passes data through unchanged (its retries over a failing
+/// plugin are tested beside the filter), and its bad parameters stop
+/// nbdkit at startup.
+#[test]
+fn retry_request_serves_data_and_refuses_bad_parameters() {
+    let out = captive(
+        &[
+            "--filter=retry-request",
+            "memory",
+            "1M",
+            "retry-request-retries=3",
+            "retry-request-delay=100ms",
+            "retry-request-open=false",
+        ],
+        "nbdsh -u \"$uri\" -c 'h.pwrite(b\"hello\", 4096); print(h.pread(5, 4096).decode())'",
+    );
+    assert_eq!(out.trim(), "hello");
+    for bad in [
+        "retry-request-retries=-1",
+        "retry-request-retries=lots",
+        "retry-request-delay=soon",
+        "retry-request-delay=0",
+        "retry-request-open=perhaps",
+    ] {
+        let err = crate::cli::expect_error(&["--filter=retry-request", "memory", "1M", bad], true);
+        let key = bad.split('=').next().unwrap();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}

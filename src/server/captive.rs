@@ -10,12 +10,17 @@
 //! status (or 128+N when a signal killed COMMAND or the server).  The server
 //! gets SIGTERM if the supervisor dies, so it is never left behind.
 //!
-//! Signals sent to the supervisor while COMMAND runs: SIGINT and SIGQUIT
-//! are ignored, as `system(3)` does (a terminal delivers them to COMMAND
-//! and the server too); SIGTERM and SIGHUP are passed on to the server as
-//! SIGTERM, so it stops cleanly.  COMMAND then sees its connections close,
-//! and nbdkit still waits for COMMAND and exits with its status.  COMMAND
-//! itself starts with default signal handling (nothing ignored).
+//! Signals sent to the supervisor while COMMAND runs (SIGTERM, SIGINT,
+//! SIGHUP, SIGQUIT): the same signal is passed on to COMMAND (the shell's
+//! pid, which is COMMAND itself when the shell execs it), and the server is
+//! told to stop with SIGTERM.  A signal that came from the terminal
+//! (`Ctrl-C`, `Ctrl-\`) already reached COMMAND, which shares nbdkit's process
+//! group, so it is not sent a second time.  nbdkit then waits for COMMAND
+//! and exits with its status (128+N when the signal killed it).  A COMMAND
+//! that ignores or traps the signal and is still running after
+//! [`GRACE`] gets SIGKILL, so nbdkit always exits within a few seconds.
+//! COMMAND keeps nbdkit's process group and terminal, and starts with
+//! default signal handling (nothing ignored).
 
 use crate::server::fork;
 use crate::server::uri::shell_quote;
@@ -27,47 +32,125 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long COMMAND may go on after a forwarded signal before it is killed.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// How long the server may take to stop after a signal before SIGKILL.
+const SERVER_GRACE: Duration = Duration::from_secs(1);
+
+/// The signals passed on to COMMAND.
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 /// The server's pid, for the signal handler that forwards stop requests.
 static SERVER: AtomicI32 = AtomicI32::new(0);
+/// COMMAND's pid (the shell), once it runs.
+static COMMAND: AtomicI32 = AtomicI32::new(0);
+/// The first signal received, or 0.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn forward_stop(_: libc::c_int) {
-    let pid = SERVER.load(Ordering::Relaxed);
-    if pid > 0 {
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = RECEIVED.compare_exchange(0, sig, Ordering::Relaxed, Ordering::Relaxed);
+    // Signals the terminal generates carry SI_KERNEL and have been sent to
+    // the whole foreground process group, COMMAND included.
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; reading
+    // si_code is async-signal-safe.
+    let from_terminal = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+    let command = COMMAND.load(Ordering::Relaxed);
+    if command > 0 && !from_terminal {
         // SAFETY: kill(2) is async-signal-safe and touches no memory.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(command, sig) };
+    }
+    let server = SERVER.load(Ordering::Relaxed);
+    if server > 0 {
+        // SAFETY: as above.
+        unsafe { libc::kill(server, libc::SIGTERM) };
     }
 }
 
-/// While the supervisor waits for the command, keyboard signals are the
-/// command's business (as with `system(3)`); SIGTERM and SIGHUP stop the
-/// server.
+/// While the supervisor waits for the command, the stop signals are passed
+/// on to COMMAND and stop the server.
 fn set_supervisor_signals(server: Pid) {
     SERVER.store(server.as_raw(), Ordering::Relaxed);
-    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
-        // SAFETY: SIG_IGN installs no handler code.
-        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
-    }
-    let forward = SigAction::new(
-        SigHandler::Handler(forward_stop),
-        SaFlags::SA_RESTART,
+    let action = SigAction::new(
+        SigHandler::SigAction(forward),
+        SaFlags::SA_RESTART | SaFlags::SA_SIGINFO,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only reads an atomic and calls kill(2), both
+    for sig in FORWARDED {
+        // SAFETY: the handler only uses atomics and calls kill(2), both
         // async-signal-safe.
-        let _ = unsafe { sigaction(sig, &forward) };
+        let _ = unsafe { sigaction(sig, &action) };
     }
 }
 
-/// In COMMAND (after fork, before exec): undo the supervisor's ignored
-/// signals, and Rust's ignored SIGPIPE, so COMMAND starts as from a shell.
+/// In COMMAND (after fork, before exec): undo Rust's ignored SIGPIPE (and
+/// any keyboard signal nbdkit's own parent ignored), so COMMAND starts as
+/// from a shell.
 fn restore_default_signals() -> std::io::Result<()> {
     for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGPIPE] {
         // SAFETY: signal(2) is async-signal-safe; SIG_DFL runs no code.
         unsafe { signal(sig, SigHandler::SigDfl) }.map_err(std::io::Error::from)?;
     }
     Ok(())
+}
+
+/// Wait for COMMAND; after a signal, give it [`GRACE`] then SIGKILL.
+fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    let pid = Pid::from_raw(child.id() as i32);
+    COMMAND.store(pid.as_raw(), Ordering::Relaxed);
+    // A signal that arrived before COMMAND's pid was known.
+    let early = RECEIVED.load(Ordering::Relaxed);
+    if early != 0 {
+        if let Ok(sig) = Signal::try_from(early) {
+            let _ = kill(pid, sig);
+        }
+    }
+    let mut since: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            COMMAND.store(0, Ordering::Relaxed);
+            return Ok(status);
+        }
+        if since.is_none() && RECEIVED.load(Ordering::Relaxed) != 0 {
+            since = Some(Instant::now());
+        }
+        if let Some(t) = since {
+            if !killed && t.elapsed() >= GRACE {
+                let _ = kill(pid, Signal::SIGKILL);
+                killed = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stop the server if it is still running and reap it.  After a signal,
+/// it gets [`SERVER_GRACE`] to finish before SIGKILL.
+fn stop_server(server: Pid) -> nix::Result<WaitStatus> {
+    let _ = kill(server, Signal::SIGTERM);
+    if RECEIVED.load(Ordering::Relaxed) == 0 {
+        return waitpid(server, None);
+    }
+    let start = Instant::now();
+    loop {
+        match waitpid(server, Some(WaitPidFlag::WNOHANG))? {
+            WaitStatus::StillAlive => {}
+            status => return Ok(status),
+        }
+        if start.elapsed() >= SERVER_GRACE {
+            let _ = kill(server, Signal::SIGKILL);
+            return waitpid(server, None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The values `--run` exposes to COMMAND.
@@ -117,7 +200,7 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
     // SAFETY: the hook runs between fork and exec and only calls signal(2),
     // which is async-signal-safe; it allocates nothing and takes no locks.
     unsafe { sh.pre_exec(restore_default_signals) };
-    let mut rc = match sh.status() {
+    let mut rc = match sh.spawn().and_then(|mut child| wait_command(&mut child)) {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => code,
             (None, Some(sig)) => {
@@ -133,8 +216,7 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
     };
     match waitpid(server, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::StillAlive) => {
-            let _ = kill(server, Signal::SIGTERM);
-            let _ = waitpid(server, None);
+            let _ = stop_server(server);
         }
         Ok(status @ WaitStatus::Exited(..)) if rc == 0 => {
             rc = fork::exit_status(status).unwrap_or(rc)

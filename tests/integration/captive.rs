@@ -396,58 +396,94 @@ fn run_command_has_default_signals() {
     }
 }
 
-/// SIGTERM or SIGHUP to the nbdkit process (the supervisor) stops the
-/// server cleanly; COMMAND sees it go and nbdkit exits with COMMAND's
-/// status.  SIGINT alone is ignored, as system(3) does.
+/// Read a pid written by a test's COMMAND or server, waiting for it.
+fn read_pid(path: &Path) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT, "{} not written", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Run `--run SCRIPT` (SCRIPT writes its pid to the file `{c}` stands
+/// for), send `sig` to nbdkit, and return nbdkit's output, the time it
+/// took to exit, and the command's and server's pids.
+fn signal_captive(sig: i32, script: &str) -> (std::process::Output, std::time::Duration, i32, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pid");
+    let c = dir.path().join("cmdpid");
+    let script = script.replace("{c}", c.to_str().unwrap());
+    let child = nbdkit()
+        .args(["-P", p.to_str().unwrap(), "memory", "1M", "--run", &script])
+        .env("PATH", client_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let command = read_pid(&c);
+    let server = read_pid(&p);
+    let start = std::time::Instant::now();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let o = wait_output(child, TIMEOUT, "nbdkit --run with a signal");
+    (o, start.elapsed(), command, server)
+}
+
+fn assert_gone(pid: i32, what: &str) {
+    // SAFETY: kill(pid, 0) only checks for existence.
+    assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "{what} {pid} left behind");
+}
+
+/// SIGTERM, SIGINT, SIGHUP or SIGQUIT to the nbdkit process is passed on
+/// to COMMAND; nbdkit stops the server and exits promptly with COMMAND's
+/// status, 128+N, leaving neither behind.
 #[test]
 fn run_supervisor_signals() {
-    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pid");
-        let gone = dir.path().join("gone");
-        let script = format!(
-            "echo started; \
-             while nbdinfo --size \"$uri\" >/dev/null 2>&1; do \
-               [ -e '{g}' ] && {{ echo still-serving; exit 5; }}; sleep 0.1; \
-             done; echo server-gone; exit 3",
-            g = gone.display()
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        let (o, took, command, server) = signal_captive(
+            sig,
+            "echo $$ > '{c}.tmp'; mv '{c}.tmp' '{c}'; exec sleep 30",
         );
-        let mut child = nbdkit()
-            .args(["-P", p.to_str().unwrap(), "memory", "1M", "--run", &script])
-            .env("PATH", client_path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut line = [0u8; 8];
-        std::io::Read::read_exact(&mut stdout, &mut line).unwrap();
-        assert_eq!(&line, b"started\n");
-        let server: i32 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        if sig == libc::SIGINT {
-            // Ignored: give it a moment to do harm, then end the loop.
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            std::fs::write(&gone, b"").unwrap();
-        }
-        child.stdout = Some(stdout);
-        let o = wait_output(child, TIMEOUT, "nbdkit --run with a signal");
         assert_no_panic(&o);
-        let (want_code, want_out) = if sig == libc::SIGINT {
-            (5, "still-serving\n")
-        } else {
-            (3, "server-gone\n")
-        };
         assert_eq!(
-            (o.status.code(), stdout_str(&o).as_str()),
-            (Some(want_code), want_out),
+            o.status.code(),
+            Some(128 + sig),
             "signal {sig}: {}",
             stderr_str(&o)
         );
-        // SAFETY: kill(pid, 0) only checks for existence.
-        assert_ne!(unsafe { libc::kill(server, 0) }, 0, "server {server} left");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "signal {sig}: {took:?}"
+        );
+        assert_gone(command, "command");
+        assert_gone(server, "server");
     }
+}
+
+/// A COMMAND that traps the signal decides the exit status; one that
+/// ignores it is killed after the grace period, still within 5 s.
+#[test]
+fn run_supervisor_signal_trapped_or_ignored() {
+    let trap = "trap 'exit 3' TERM; echo $$ > '{c}.tmp'; mv '{c}.tmp' '{c}'; \
+                while :; do sleep 0.1; done";
+    let (o, took, command, server) = signal_captive(libc::SIGTERM, trap);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr_str(&o));
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert_gone(command, "command");
+    assert_gone(server, "server");
+
+    let ignore = "trap '' TERM; echo $$ > '{c}.tmp'; mv '{c}.tmp' '{c}'; \
+                  while :; do sleep 0.1; done";
+    let (o, took, command, server) = signal_captive(libc::SIGTERM, ignore);
+    assert_eq!(o.status.code(), Some(128 + 9), "{}", stderr_str(&o));
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert_gone(command, "command");
+    assert_gone(server, "server");
 }
 
 /// When COMMAND ends, nbdkit returns only after the server has gone: no

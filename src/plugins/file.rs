@@ -225,7 +225,7 @@ impl Plugin for FilePlugin {
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "file" => self.file = Some(realpath(value)?),
-            "dir" => self.dir = Some(realpath(value)?),
+            "dir" | "directory" => self.dir = Some(realpath(value)?),
             "fd" => self.fd = Some(parse_fd(key, value)?),
             "dirfd" => self.dirfd = Some(parse_fd(key, value)?),
             "cache" => {

@@ -9,11 +9,20 @@ pub mod exitwhen;
 pub mod ip;
 pub mod limit;
 pub mod noparallel;
+pub mod tar;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
-pub const NAMES: &[&str] = &["delay", "exitlast", "exitwhen", "ip", "limit", "noparallel"];
+pub const NAMES: &[&str] = &[
+    "delay",
+    "exitlast",
+    "exitwhen",
+    "ip",
+    "limit",
+    "noparallel",
+    "tar",
+];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
@@ -24,6 +33,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
+        "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,
     }
 }

@@ -10,6 +10,7 @@ pub mod ip;
 pub mod limit;
 pub mod noparallel;
 pub mod retry_request;
+pub mod tar;
 
 use crate::filter::Filter;
 
@@ -22,6 +23,7 @@ pub const NAMES: &[&str] = &[
     "limit",
     "noparallel",
     "retry-request",
+    "tar",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
@@ -34,6 +36,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,
     }
 }

@@ -10,6 +10,7 @@
 //! - [`export`]: an opened export and its cached capabilities;
 //! - [`transmission`]: requests and replies, with parallel workers;
 //! - [`quit`]: the single shutdown mechanism;
+//! - [`threads`]: the process-wide budget for client threads;
 //! - [`peer`]: who is connected (address, credentials);
 //! - [`fork`]: forking the serving process off with a readiness pipe;
 //! - [`captive`], [`uri`]: `--run` and the server's URI;
@@ -28,6 +29,7 @@ pub mod peer;
 pub mod privs;
 pub mod quit;
 pub mod single;
+pub mod threads;
 pub mod timeout;
 pub mod tls;
 pub mod transmission;
@@ -67,6 +69,10 @@ pub struct Server {
     pub timeout: Option<std::time::Duration>,
 }
 
+/// How long a prompt stop waits for in-flight replies before it closes the
+/// connections' write sides as well.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The live connections, so shutdown can wake and wait for them.
 #[derive(Default)]
 struct Registry {
@@ -90,13 +96,10 @@ impl Registry {
 
     /// Stop reading from every connection: clients waiting between requests
     /// see their connection closed once in-flight requests are answered.
-    fn shut_down_all(&self) {
+    fn shut_down_all(&self, how: nix::sys::socket::Shutdown) {
         let live = lock(&self.live);
         for fd in live.values() {
-            let _ = nix::sys::socket::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                nix::sys::socket::Shutdown::Read,
-            );
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), how);
         }
     }
 
@@ -119,11 +122,27 @@ impl Registry {
         }
     }
 
-    fn wait_idle(&self) {
+    /// Wait until every connection has closed, or `limit` has passed;
+    /// `true` when none is left.
+    fn wait_idle(&self, limit: Option<std::time::Duration>) -> bool {
+        let deadline = limit.map(|l| std::time::Instant::now() + l);
         let mut live = lock(&self.live);
         while !live.is_empty() {
-            live = self.idle.wait(live).unwrap_or_else(|p| p.into_inner());
+            live = match deadline {
+                None => self.idle.wait(live).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.idle
+                        .wait_timeout(live, left)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0)
+                }
+            };
         }
+        true
     }
 }
 
@@ -216,8 +235,15 @@ pub fn serve(server: Arc<Server>, listeners: Vec<Listener>) -> Result<()> {
         registry.drain()?;
     }
     crate::log::debug("shutting down: no new connections");
-    registry.shut_down_all();
-    registry.wait_idle();
+    registry.shut_down_all(nix::sys::socket::Shutdown::Read);
+    // In-flight requests get a moment to send their replies; a worker
+    // still stuck after that is writing to a client that stopped reading,
+    // so close the write side too, which fails its write.
+    if !registry.wait_idle(Some(SHUTDOWN_GRACE)) {
+        crate::log::debug("shutting down: closing connections still writing");
+        registry.shut_down_all(nix::sys::socket::Shutdown::Both);
+        registry.wait_idle(None);
+    }
     Ok(())
 }
 
@@ -307,6 +333,13 @@ fn start_connection(
         }
     };
     let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&fd));
+    let Some(permit) = threads::reserve() else {
+        crate::log::error(format!(
+            "connection {id}: refused: too many threads ({} in use)",
+            threads::live()
+        ));
+        return Ok(());
+    };
     registry.add(id, fd);
     let name = format!("{}[{id}]", server.stack.plugin.name());
     let server = server.clone();
@@ -314,6 +347,7 @@ fn start_connection(
     let spawned = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
+            let _permit = permit;
             crate::log::set_thread_context(Some(name));
             crate::log::debug(format!("accepted connection from {}", peer.describe()));
             peer::set_current(Some(peer));

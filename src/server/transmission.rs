@@ -21,13 +21,14 @@ use crate::protocol::transmission::{
     Request, COMPACT_REQUEST_LEN, EXTENDED_REQUEST_LEN,
 };
 use crate::server::export::Export;
-use crate::server::{hold, lock, quit};
+use crate::server::{hold, lock, quit, threads};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 /// The read half of a connection (buffered: one `read` may bring in several
@@ -65,10 +66,26 @@ struct Shared<'a> {
     closing: AtomicBool,
     /// How long requests have been taking to run.
     pace: Pace,
+    /// Whose turn it is to read: `true` while some worker holds the read
+    /// side.  Workers wait on `turn_free` for it.
+    turn: Mutex<bool>,
+    turn_free: Condvar,
+    /// Workers waiting for the read side (idle).
+    waiting: AtomicUsize,
+    /// Workers on this connection, the connection's own thread included.
+    running: AtomicUsize,
 }
+
+/// How long an extra worker waits for work before it exits.
+const IDLE_EXIT: Duration = Duration::from_secs(2);
 
 /// Serve requests until the client disconnects, the stream fails or the
 /// server stops reading.
+///
+/// Workers start on demand: the connection's own thread is the first, and
+/// another is spawned only when a request is handed on while no worker is
+/// idle, up to `session.workers` and within the process-wide budget
+/// ([`threads`]).  Extra workers exit after [`IDLE_EXIT`] without work.
 pub fn serve(session: &Session<'_>, reader: Reader, writer: Writer) {
     let shared = Shared {
         s: session,
@@ -76,25 +93,43 @@ pub fn serve(session: &Session<'_>, reader: Reader, writer: Writer) {
         writer: Mutex::new(writer),
         closing: AtomicBool::new(false),
         pace: Pace::new(),
+        turn: Mutex::new(false),
+        turn_free: Condvar::new(),
+        waiting: AtomicUsize::new(0),
+        running: AtomicUsize::new(1),
     };
-    let workers = session.workers.max(1);
-    std::thread::scope(|scope| {
-        for i in 1..workers {
-            let shared = &shared;
-            let ctx = thread_context();
-            let spawned = std::thread::Builder::new()
-                .name(format!("worker.{i}"))
-                .spawn_scoped(scope, move || {
-                    crate::log::set_thread_context(ctx);
-                    worker(shared)
-                });
-            if let Err(e) = spawned {
-                crate::log::error(format!("cannot start worker thread: {e}"));
-                break;
-            }
-        }
-        worker(&shared);
-    });
+    std::thread::scope(|scope| worker(&shared, scope, false));
+}
+
+/// Start one more worker if the connection and the process allow it.
+fn add_worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'env>) {
+    let max = c.s.workers.max(1);
+    if c.running
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return;
+    }
+    let Some(permit) = threads::reserve() else {
+        c.running.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
+    let ctx = thread_context();
+    let spawned = std::thread::Builder::new()
+        .name("worker".into())
+        .stack_size(threads::WORKER_STACK)
+        .spawn_scoped(scope, move || {
+            let _permit = permit;
+            crate::log::set_thread_context(ctx);
+            worker(c, scope, true);
+            c.running.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        c.running.fetch_sub(1, Ordering::AcqRel);
+        crate::log::debug(format!("cannot start worker thread: {e}"));
+    }
 }
 
 fn thread_context() -> Option<String> {
@@ -108,21 +143,73 @@ struct Incoming {
     refuse: Option<(u32, String)>,
 }
 
-fn worker(c: &Shared<'_>) {
+/// The read side, held by one worker at a time; handed on when dropped.
+struct ReadTurn<'c, 'a> {
+    c: &'c Shared<'a>,
+    r: Option<MutexGuard<'c, Reader>>,
+}
+
+impl Drop for ReadTurn<'_, '_> {
+    fn drop(&mut self) {
+        self.r = None;
+        *lock(&self.c.turn) = false;
+        self.c.turn_free.notify_one();
+    }
+}
+
+/// Wait for the read side.  An extra worker gives up (`None`) after
+/// [`IDLE_EXIT`] without getting it.
+fn take_turn<'c, 'a>(c: &'c Shared<'a>, extra: bool) -> Option<ReadTurn<'c, 'a>> {
+    let mut taken = lock(&c.turn);
+    if *taken {
+        c.waiting.fetch_add(1, Ordering::AcqRel);
+        let deadline = Instant::now() + IDLE_EXIT;
+        while *taken {
+            if extra {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || c.closing.load(Ordering::Acquire) {
+                    c.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                taken = c
+                    .turn_free
+                    .wait_timeout(taken, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            } else {
+                taken = c.turn_free.wait(taken).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        c.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+    *taken = true;
+    drop(taken);
+    Some(ReadTurn {
+        c,
+        r: Some(lock(&c.reader)),
+    })
+}
+
+fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'env>, extra: bool) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let mut r = lock(&c.reader);
+        let Some(mut turn) = take_turn(c, extra) else {
+            return;
+        };
         let mut ran_inline = false;
         loop {
             if c.closing.load(Ordering::Acquire) {
                 return;
             }
+            let Some(r) = turn.r.as_mut() else {
+                return;
+            };
             if ran_inline && r.buffer().is_empty() {
                 if let Some(fd) = c.s.wait_fd {
                     await_next_request(fd);
                 }
             }
-            let incoming = match receive(c.s, &mut r, &mut buf) {
+            let incoming = match receive(c.s, r, &mut buf) {
                 Ok(Some(inc)) => inc,
                 Ok(None) => {
                     c.closing.store(true, Ordering::Release);
@@ -140,14 +227,18 @@ fn worker(c: &Shared<'_>) {
             // another worker just to wait for the next request costs more
             // than the request itself.  Otherwise hand the read side on
             // first, so requests overlap (a plugin that may wait for a disk
-            // always does this, so one slow read never holds up the next).
+            // always does this, so one slow read never holds up the next);
+            // with no idle worker to take it, start one.
             if c.s.workers > 1 && c.s.quick_layers && r.buffer().is_empty() && c.pace.quick() {
                 ran_inline = true;
                 if !run_and_reply(c, incoming, &mut buf) {
                     return;
                 }
             } else {
-                drop(r);
+                drop(turn);
+                if c.s.workers > 1 && c.waiting.load(Ordering::Acquire) == 0 {
+                    add_worker(c, scope);
+                }
                 if !run_and_reply(c, incoming, &mut buf) {
                     return;
                 }

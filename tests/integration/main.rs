@@ -9,6 +9,7 @@ mod clients;
 mod concurrency;
 mod file;
 mod filters;
+mod hostile;
 mod lifecycle;
 mod memory;
 mod null;

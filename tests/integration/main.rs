@@ -10,6 +10,7 @@ mod clients;
 mod concurrency;
 mod file;
 mod filters;
+mod hostile;
 mod lifecycle;
 mod memory;
 mod null;

@@ -397,7 +397,9 @@ mod tests {
 
     #[test]
     fn pipe_events() {
-        let (r, w) = nix::unistd::pipe().unwrap();
+        // Close-on-exec: a child spawned by a test running at the same time
+        // would otherwise hold the write end open.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
         assert!(!pipe_closed(fd));
         drop(w);

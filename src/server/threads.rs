@@ -43,22 +43,26 @@ pub fn limit() -> usize {
 
 /// One thread's share of the budget, returned when dropped.
 #[derive(Debug)]
-pub struct Permit(());
+pub struct Permit(&'static AtomicUsize);
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Take a share of `live` unless `max` are taken.
+fn reserve_from(live: &'static AtomicUsize, max: usize) -> Option<Permit> {
+    live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < max).then_some(n + 1)
+    })
+    .ok()
+    .map(|_| Permit(live))
 }
 
 /// Take a share for a new thread; `None` when the budget is spent.
 pub fn reserve() -> Option<Permit> {
-    let max = limit();
-    LIVE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-        (n < max).then_some(n + 1)
-    })
-    .ok()
-    .map(|_| Permit(()))
+    reserve_from(&LIVE, limit())
 }
 
 /// Threads currently holding a permit.
@@ -73,9 +77,15 @@ mod tests {
     #[test]
     fn permits_are_counted_and_returned() {
         assert!(limit() >= 16 && limit() <= MAX_THREADS);
-        let before = live();
-        let p = reserve().expect("budget available");
-        assert!(live() > before || live() >= 1);
-        drop(p);
+        static BUDGET: AtomicUsize = AtomicUsize::new(0);
+        let a = reserve_from(&BUDGET, 2).expect("first");
+        let b = reserve_from(&BUDGET, 2).expect("second");
+        assert_eq!(BUDGET.load(Ordering::Acquire), 2);
+        assert!(reserve_from(&BUDGET, 2).is_none(), "over budget");
+        drop(a);
+        assert_eq!(BUDGET.load(Ordering::Acquire), 1);
+        let c = reserve_from(&BUDGET, 2).expect("returned share is reusable");
+        drop((b, c));
+        assert_eq!(BUDGET.load(Ordering::Acquire), 0);
     }
 }

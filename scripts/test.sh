@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd)
+pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -27,6 +27,7 @@ use crate::extents::Extents;
 use crate::layers::{Backend, Context};
 use crate::plugin::{BlockSize, CacheMode, ExportInfo, FuaMode, ThreadModel, ZeroMode};
 use crate::server::peer::Peer;
+use std::sync::Arc;
 
 /// A filter: the global, configured object.
 pub trait Filter: Send + Sync {
@@ -125,6 +126,20 @@ pub trait Filter: Send + Sync {
         is_tls: bool,
     ) -> Result<Box<dyn FilterContext>> {
         Ok(Box::new(PassThrough(next.open(readonly, export, is_tls)?)))
+    }
+
+    /// What the server calls to open a connection.  The default calls
+    /// [`Filter::open`]; a filter that must keep the next layer to open it
+    /// again later (the `retry` filter reopens it after a failure, as
+    /// nbdkit's `next->reopen`) overrides this instead.
+    fn open_shared(
+        &self,
+        next: &Arc<dyn Backend>,
+        readonly: bool,
+        export: &str,
+        is_tls: bool,
+    ) -> Result<Box<dyn FilterContext>> {
+        self.open(&**next, readonly, export, is_tls)
     }
 }
 

@@ -471,7 +471,9 @@ impl Backend for FilterBackend {
         self.filter.default_export(&*self.next, readonly, is_tls)
     }
     fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
-        let ctx = self.filter.open(&*self.next, readonly, export, is_tls)?;
+        let ctx = self
+            .filter
+            .open_shared(&self.next, readonly, export, is_tls)?;
         Ok(Box::new(Filtered(ctx)))
     }
 }

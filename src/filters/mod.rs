@@ -9,6 +9,7 @@ pub mod exitwhen;
 pub mod ip;
 pub mod limit;
 pub mod noparallel;
+pub mod readahead;
 pub mod retry;
 pub mod retry_request;
 pub mod tar;
@@ -23,6 +24,7 @@ pub const NAMES: &[&str] = &[
     "ip",
     "limit",
     "noparallel",
+    "readahead",
     "retry",
     "retry-request",
     "tar",
@@ -37,6 +39,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
+        "readahead" => Some(Box::new(readahead::Readahead::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),

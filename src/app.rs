@@ -350,6 +350,20 @@ fn check_debug_flags(o: &Options, chain: &mut Chain) -> Result<()> {
         ) {
             continue;
         }
+        // The environment as debug lines, escaped (nbdkit >= 1.36).
+        if let Some(v) = flag.strip_prefix("nbdkit.environ=") {
+            let on = crate::parse::parse_unsigned("-D nbdkit.environ", v, u32::MAX as u64)?;
+            if on != 0 {
+                for (name, value) in std::env::vars_os() {
+                    log::debug(format!(
+                        "{}={}",
+                        name.to_string_lossy(),
+                        value.to_string_lossy()
+                    ));
+                }
+            }
+            continue;
+        }
         let mut claimed = false;
         for x in chain.filters.iter_mut().filter(|x| x.name() == module) {
             claimed |= x.debug_flag(f, &flag[module.len() + f.len() + 2..])?;

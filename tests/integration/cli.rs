@@ -327,6 +327,50 @@ fn long_options_with_equals() {
 }
 
 #[test]
+fn debug_environ_prints_the_environment_escaped() {
+    let o = run_cmd(
+        nbdkit().env("nbdkit_sentinel", "4\x07\x08\t\n2").args([
+            "-v",
+            "-D",
+            "nbdkit.environ=1",
+            "-U",
+            "-",
+            "null",
+            "--run",
+            "true",
+        ]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit -D nbdkit.environ=1");
+    let err = stderr_str(&o);
+    assert!(
+        err.lines()
+            .any(|l| l == "nbdkit: debug: nbdkit_sentinel=4\\a\\b\\t\\n2"),
+        "{err}"
+    );
+    // Only with -v, and only when asked.
+    for args in [
+        &["-D", "nbdkit.environ=1", "-U", "-", "null", "--run", "true"][..],
+        &[
+            "-v",
+            "-D",
+            "nbdkit.environ=0",
+            "-U",
+            "-",
+            "null",
+            "--run",
+            "true",
+        ],
+    ] {
+        let o = run_cmd(nbdkit().env("nbdkit_sentinel", "42").args(args), TIMEOUT);
+        assert_success(&o, "nbdkit");
+        assert!(!stderr_str(&o).contains("sentinel"), "{args:?}");
+    }
+    let err = expect_error(&["-D", "nbdkit.environ=lots", "null"], true);
+    assert!(err.contains("nbdkit.environ"), "{err}");
+}
+
+#[test]
 fn verbose_debug_messages() {
     let o = run_cmd(
         nbdkit().args(["-v", "-U", "-", "null", "--run", "true"]),

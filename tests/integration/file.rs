@@ -220,6 +220,27 @@ fn dir_lists_regular_files_only() {
 #[test]
 fn dir_nonexistent_fails() {
     crate::cli::expect_error(&["file", "dir=/nonexistent/dir"], true);
+    crate::cli::expect_error(&["file", "directory=/nonexistent/dir"], true);
+}
+
+#[test]
+fn directory_is_another_name_for_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("exports");
+    std::fs::create_dir(&d).unwrap();
+    write_file(&d, "one", b"11");
+    write_file(&d, "two", &vec![b'2'; 1024]);
+    let arg = format!("directory={}", d.display());
+    let s = Server::start(&["file", &arg]);
+    let json = nbdinfo(&["--list", "--json", &s.uri()]);
+    let names = jq("[.exports[].\"export-name\"] | sort", &json);
+    assert_eq!(names.trim(), r#"["one","two"]"#, "{json}");
+    let out = python(
+        &s.uri_export("two"),
+        "print(h.get_size(), h.pread(2, 1000).decode())",
+        &[],
+    );
+    assert_eq!(out.trim(), "1024 22");
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! transmission, and closing the export.
 
 use crate::plugin::ThreadModel;
-use crate::server::listen::Stream;
+use crate::server::listen::Shared;
 use crate::server::negotiate::{negotiate, Negotiated};
-use crate::server::transmission::{self, Reader, Session, Writer, READ_BUFFER};
+use crate::server::transmission::{self, Reader, Session, Writer};
 use crate::server::{hold, lock, peer, Server};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
@@ -15,22 +15,16 @@ static CONNECTION_LOCK: Mutex<()> = Mutex::new(());
 /// Held around every plugin call under `serialize_all_requests`.
 static REQUEST_LOCK: Mutex<()> = Mutex::new(());
 
-/// Split a stream into the read and write halves the protocol code uses,
-/// keeping the stream itself for STARTTLS to run TLS over.
-pub fn split(stream: Stream) -> io::Result<(Reader, Writer, Stream)> {
-    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &stream {
-        Stream::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
-        Stream::Unix(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
-        Stream::Vsock(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
-        Stream::Stdio { input, output } => {
-            (Box::new(input.try_clone()?), Box::new(output.try_clone()?))
-        }
-    };
-    Ok((BufReader::with_capacity(READ_BUFFER, r), w, stream))
+/// The read and write halves the protocol code uses, both on the
+/// connection's one socket (which STARTTLS later runs TLS over).
+pub fn split(socket: &Shared) -> (Reader, Writer) {
+    let r: Box<dyn Read + Send> = Box::new(socket.clone());
+    let w: Box<dyn Write + Send> = Box::new(socket.clone());
+    (Reader::new(r), w)
 }
 
 /// Serve one connection to the end.
-pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
+pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Shared) {
     let model = server.thread_model;
     let _conn_guard = (model == ThreadModel::SerializeConnections).then(|| lock(&CONNECTION_LOCK));
     let request_lock = (model <= ThreadModel::SerializeAllRequests).then_some(&REQUEST_LOCK);
@@ -46,7 +40,8 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
         crate::log::error(e.message());
         return;
     }
-    let wait_fd = socket.try_clone_fd().ok();
+    // Kept for the whole connection: the fd the workers poll.
+    let own = socket.clone();
     let negotiated = negotiate(
         &server.handshake,
         &*server.stack.backend,
@@ -59,7 +54,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
     // Plain sockets only: under TLS a request may wait decrypted inside
     // the TLS layer while the socket has nothing to read.
     let wait_fd = match &negotiated {
-        Ok(Some(_)) if !crate::server::tls::is_tls() => wait_fd,
+        Ok(Some(_)) if !crate::server::tls::is_tls() => Some(own.as_fd()),
         _ => None,
     };
     match negotiated {
@@ -83,7 +78,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
                 },
                 request_lock,
                 quick_layers: server.stack.quick_requests(),
-                wait_fd: wait_fd.as_ref().map(|f| f.as_fd()),
+                wait_fd,
             };
             transmission::serve(&session, reader, writer);
             let _g = hold(request_lock);

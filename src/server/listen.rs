@@ -11,10 +11,12 @@ use crate::error::{Error, Result};
 use nix::errno::Errno;
 use socket2::{Domain, Socket, Type};
 use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The default NBD port.
 pub const DEFAULT_PORT: u16 = 10809;
@@ -39,21 +41,99 @@ pub enum Stream {
     },
 }
 
-impl Stream {
-    /// A duplicate of the fd the connection reads from.
-    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+/// The fd the connection reads from (and shuts down to stop reading).
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
-            Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
-            Stream::Vsock(s) => s.as_fd().try_clone_to_owned(),
-            Stream::Stdio { input, .. } => input.as_fd().try_clone_to_owned(),
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Vsock(s) => s.as_fd(),
+            Stream::Stdio { input, .. } => input.as_fd(),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Vsock(s) => (&*s).read(buf),
+            Stream::Stdio { input, .. } => (&*input).read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+            Stream::Vsock(s) => (&*s).write(buf),
+            Stream::Stdio { output, .. } => (&*output).write(buf),
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
+            Stream::Vsock(s) => (&*s).write_vectored(bufs),
+            Stream::Stdio { output, .. } => (&*output).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection's socket, shared by the halves that read and write it,
+/// by shutdown and by the `--timeout` timer: the connection costs one fd,
+/// not one per user.
+#[derive(Clone)]
+pub struct Shared(pub Arc<Stream>);
+
+impl Shared {
+    pub fn new(stream: Stream) -> Self {
+        Shared(Arc::new(stream))
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.0
+    }
+}
+
+impl AsFd for Shared {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream {
     /// Make an accepted stream ready for its connection thread (blocking,
-    /// `SO_KEEPALIVE` on TCP if asked) and return a duplicate of its fd, by
-    /// which shutdown can stop reading from it.
-    pub fn prepare(&self, keepalive: bool) -> std::io::Result<OwnedFd> {
+    /// `SO_KEEPALIVE` on TCP if asked).
+    pub fn prepare(&self, keepalive: bool) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => {
                 s.set_nonblocking(false)?;
@@ -69,7 +149,7 @@ impl Stream {
             // inetd and libnbd's connect_command hand us a socket.
             Stream::Stdio { output, .. } => widen_send_buffer(output.as_fd()),
         }
-        self.try_clone_fd()
+        Ok(())
     }
 }
 

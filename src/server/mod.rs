@@ -28,6 +28,7 @@ pub mod notify;
 pub mod peer;
 pub mod privs;
 pub mod quit;
+pub mod recv;
 pub mod single;
 pub mod threads;
 pub mod timeout;
@@ -41,7 +42,6 @@ use crate::plugin::ThreadModel;
 use listen::{Listener, Stream};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -76,13 +76,13 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500
 /// The live connections, so shutdown can wake and wait for them.
 #[derive(Default)]
 struct Registry {
-    live: Mutex<HashMap<u64, OwnedFd>>,
+    live: Mutex<HashMap<u64, listen::Shared>>,
     idle: Condvar,
 }
 
 impl Registry {
-    fn add(&self, id: u64, fd: OwnedFd) {
-        lock(&self.live).insert(id, fd);
+    fn add(&self, id: u64, socket: listen::Shared) {
+        lock(&self.live).insert(id, socket);
     }
 
     fn remove(&self, id: u64) {
@@ -98,8 +98,9 @@ impl Registry {
     /// see their connection closed once in-flight requests are answered.
     fn shut_down_all(&self, how: nix::sys::socket::Shutdown) {
         let live = lock(&self.live);
-        for fd in live.values() {
-            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), how);
+        for socket in live.values() {
+            let fd = std::os::fd::AsFd::as_fd(socket);
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(&fd), how);
         }
     }
 
@@ -317,22 +318,17 @@ fn start_connection(
     id: u64,
     stream: Stream,
 ) -> std::io::Result<()> {
-    let prepared = stream
-        .prepare(server.keepalive)
-        .and_then(|fd| Ok((fd, connection::split(stream)?)))
-        .and_then(|(fd, halves)| {
-            let timer_fd = server.timeout.map(|_| fd.try_clone()).transpose()?;
-            Ok((fd, halves, timer_fd))
-        });
-    let (fd, halves, timer_fd) = match prepared {
-        Ok(p) => p,
+    match stream.prepare(server.keepalive) {
+        Ok(()) => {}
         Err(e) if AcceptBackoff::is_resource_shortage(&e) => return Err(e),
         Err(e) => {
             crate::log::error(format!("connection {id}: {e}"));
             return Ok(());
         }
     };
-    let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&fd));
+    let socket = listen::Shared::new(stream);
+    let halves = connection::split(&socket);
+    let peer = peer::Peer::of_fd(std::os::fd::AsFd::as_fd(&socket));
     let Some(permit) = threads::reserve() else {
         crate::log::error(format!(
             "connection {id}: refused: too many threads ({} in use)",
@@ -340,7 +336,7 @@ fn start_connection(
         ));
         return Ok(());
     };
-    registry.add(id, fd);
+    registry.add(id, socket.clone());
     let name = format!("{}[{id}]", server.stack.plugin.name());
     let server = server.clone();
     let reg = registry.clone();
@@ -351,10 +347,10 @@ fn start_connection(
             crate::log::set_thread_context(Some(name));
             crate::log::debug(format!("accepted connection from {}", peer.describe()));
             peer::set_current(Some(peer));
-            if let Some(t) = timer_fd {
-                timeout::arm(server.timeout, t);
+            if server.timeout.is_some() {
+                timeout::arm(server.timeout, socket.clone());
             }
-            connection::handle(&server, halves.0, halves.1, halves.2);
+            connection::handle(&server, halves.0, halves.1, socket);
             crate::log::debug("connection closed");
             reg.remove(id);
         });

@@ -14,7 +14,7 @@ use crate::protocol::handshake::*;
 use crate::protocol::transmission::ReplyStyle;
 use crate::server::export::Export;
 use crate::server::hold;
-use crate::server::listen::Stream;
+use crate::server::listen::Shared;
 use crate::server::tls::{self, Tls};
 use crate::server::transmission::{read_exact_or_eof, Reader, Writer};
 use std::io::{Read, Write};
@@ -56,7 +56,7 @@ pub fn negotiate(
     cfg: &HandshakeConfig,
     backend: &dyn Backend,
     lock: Option<&Mutex<()>>,
-    socket: Option<Stream>,
+    socket: Option<Shared>,
     r: &mut Reader,
     w: &mut Writer,
 ) -> Result<Option<Negotiated>> {
@@ -123,7 +123,7 @@ struct Negotiation<'a> {
     /// name (requested name, export).
     info_export: Option<(String, Export)>,
     /// The socket, until STARTTLS hands it to TLS.
-    socket: Option<Stream>,
+    socket: Option<Shared>,
     /// TLS is on for this connection.
     secure: bool,
 }

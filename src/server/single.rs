@@ -10,10 +10,10 @@
 //! reading on the client socket, as for listened-on connections.
 
 use crate::error::{Error, Result};
-use crate::server::listen::Stream;
+use crate::server::listen::{Shared, Stream};
 use crate::server::{connection, peer, quit, timeout, Server};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// Keep close-on-exec copies of stdin and stdout for the connection.
 pub fn take_stdio() -> Result<Stream> {
@@ -30,12 +30,13 @@ pub fn take_stdio() -> Result<Stream> {
 
 /// Serve the one connection to its end.
 pub fn serve(server: &Server, stream: Stream) -> Result<()> {
-    let input: OwnedFd = stream
+    stream
         .prepare(server.keepalive)
         .map_err(|e| Error::io(e, "-s"))?;
-    let timer_fd = input.try_clone().map_err(|e| Error::io(e, "dup"))?;
-    let peer = peer::Peer::of_fd(input.as_fd());
-    let (reader, writer, stream) = connection::split(stream).map_err(|e| Error::io(e, "-s"))?;
+    let socket = Shared::new(stream);
+    let input = socket.clone();
+    let peer = peer::Peer::of_fd(socket.as_fd());
+    let (reader, writer) = connection::split(&socket);
     // Wake a connection waiting for the client's next request when asked to
     // stop.  The thread is left behind when the connection ends first: the
     // process is about to exit.
@@ -50,7 +51,10 @@ pub fn serve(server: &Server, stream: Stream) -> Result<()> {
                     _ => break,
                 }
             }
-            let _ = nix::sys::socket::shutdown(input.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+            let _ = nix::sys::socket::shutdown(
+                input.as_fd().as_raw_fd(),
+                nix::sys::socket::Shutdown::Read,
+            );
         });
     let name = format!("{}[1]", server.stack.plugin.name());
     crate::log::set_thread_context(Some(name));
@@ -59,8 +63,8 @@ pub fn serve(server: &Server, stream: Stream) -> Result<()> {
         peer.describe()
     ));
     peer::set_current(Some(peer));
-    timeout::arm(server.timeout, timer_fd);
-    connection::handle(server, reader, writer, stream);
+    timeout::arm(server.timeout, socket.clone());
+    connection::handle(server, reader, writer, socket);
     crate::log::debug("connection closed");
     crate::log::set_thread_context(None);
     Ok(())

@@ -9,8 +9,9 @@
 //! directions, so the blocked handshake read returns end-of-file and the
 //! connection ends like any other.  Without `--timeout` nothing is started.
 
+use crate::server::listen::Shared;
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::Duration;
 
@@ -18,10 +19,9 @@ thread_local! {
     static PENDING: RefCell<Option<Sender<()>>> = const { RefCell::new(None) };
 }
 
-/// Start this connection's handshake deadline: `fd` (a duplicate of the
-/// connection's socket) is shut down if [`handshake_done`] is not called in
-/// this thread within `limit`.
-pub fn arm(limit: Option<Duration>, fd: OwnedFd) {
+/// Start this connection's handshake deadline: `socket` is shut down if
+/// [`handshake_done`] is not called in this thread within `limit`.
+pub fn arm(limit: Option<Duration>, socket: Shared) {
     let Some(limit) = limit else { return };
     let (tx, rx) = mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
@@ -31,8 +31,10 @@ pub fn arm(limit: Option<Duration>, fd: OwnedFd) {
                 crate::log::error(format!(
                     "client did not finish negotiation within {limit:?}: closing the connection"
                 ));
-                let _ =
-                    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                let _ = nix::sys::socket::shutdown(
+                    socket.as_fd().as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
             }
         });
     match spawned {

@@ -29,9 +29,9 @@
 
 use crate::cli::{Options, TlsMode};
 use crate::error::{Error, Result};
-use crate::server::listen::Stream;
+use crate::server::listen::{Shared as SharedSocket, Stream};
 use crate::server::lock;
-use crate::server::transmission::{Reader, Writer, READ_BUFFER};
+use crate::server::transmission::{Reader, Writer};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::error::ErrorStack;
 use openssl::nid::Nid;
@@ -394,32 +394,6 @@ pub fn escape_dn_value(v: &str) -> String {
 // ---------------------------------------------------------------------------
 // The upgrade and the encrypted halves.
 
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-            Stream::Vsock(s) => s.read(buf),
-            Stream::Stdio { input, .. } => input.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-            Stream::Vsock(s) => s.write(buf),
-            Stream::Stdio { output, .. } => output.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Stream {
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
@@ -461,7 +435,7 @@ impl Stream {
 /// Run the TLS handshake on `socket` (after the STARTTLS reply was sent)
 /// and replace the plaintext halves with encrypted ones.  On success the
 /// connection's [`Peer`] is recorded for this thread.
-pub fn upgrade(tls: &Tls, socket: Stream, r: &mut Reader, w: &mut Writer) -> Result<()> {
+pub fn upgrade(tls: &Tls, socket: SharedSocket, r: &mut Reader, w: &mut Writer) -> Result<()> {
     if !r.buffer().is_empty() {
         // Plaintext the client sent before the handshake must never be
         // taken for protected data.
@@ -474,7 +448,10 @@ pub fn upgrade(tls: &Tls, socket: Stream, r: &mut Reader, w: &mut Writer) -> Res
         crate::log::error(format!("TLS handshake: {msg}"));
         Error::config(format!("TLS handshake: {msg}"))
     };
-    let fd = socket.dup_fd().map_err(|e| Error::io(e, "TLS: dup"))?;
+    let fd = socket
+        .stream()
+        .dup_fd()
+        .map_err(|e| Error::io(e, "TLS: dup"))?;
     let ssl = Ssl::new(&tls.ctx).map_err(|e| fail(e.to_string()))?;
     // Blocking socket: the handshake runs on this connection's thread alone.
     let stream = ssl.accept(socket).map_err(|e| {
@@ -522,20 +499,21 @@ pub fn upgrade(tls: &Tls, socket: Stream, r: &mut Reader, w: &mut Writer) -> Res
     PEER.with(|p| *p.borrow_mut() = Some(peer));
     stream
         .get_ref()
+        .stream()
         .set_nonblocking(true)
         .map_err(|e| Error::io(e, "TLS: fcntl"))?;
     let shared = Arc::new(Shared {
         ssl: Mutex::new(stream),
         fd,
     });
-    *r = io::BufReader::with_capacity(READ_BUFFER, Box::new(TlsReader(shared.clone())));
+    *r = Reader::new(Box::new(TlsReader(shared.clone())));
     *w = Box::new(TlsWriter(shared));
     Ok(())
 }
 
 /// The encrypted stream both halves use.
 struct Shared {
-    ssl: Mutex<SslStream<Stream>>,
+    ssl: Mutex<SslStream<SharedSocket>>,
     /// A duplicate of the socket to wait on without holding `ssl`.
     fd: OwnedFd,
 }
@@ -545,7 +523,9 @@ impl Shared {
     /// WANT_WRITE release the lock, wait for the socket, and retry.
     fn call(
         &self,
-        mut op: impl FnMut(&mut SslStream<Stream>) -> std::result::Result<usize, openssl::ssl::Error>,
+        mut op: impl FnMut(
+            &mut SslStream<SharedSocket>,
+        ) -> std::result::Result<usize, openssl::ssl::Error>,
     ) -> io::Result<usize> {
         loop {
             let result = op(&mut lock(&self.ssl));

@@ -33,12 +33,9 @@ use std::time::{Duration, Instant};
 
 /// The read half of a connection (buffered: one `read` may bring in several
 /// pipelined requests).
-pub type Reader = io::BufReader<Box<dyn Read + Send>>;
+pub use crate::server::recv::{Reader, READ_BUFFER};
 /// The write half of a connection.
 pub type Writer = Box<dyn Write + Send>;
-
-/// Size of the read buffer in front of a connection.
-pub const READ_BUFFER: usize = 256 * 1024;
 
 /// What the transmission phase needs to know about the negotiation.
 pub struct Session<'a> {

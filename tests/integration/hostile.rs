@@ -110,10 +110,19 @@ fn thousands_of_idle_clients_do_not_exhaust_threads() {
     let info = nbdinfo(&["--size", &srv.uri()]);
     assert_eq!(info.trim(), "67108864");
     assert!(srv.is_running());
+    // An idle connection costs one thread and one fd (its socket).
     let n = threads_of(srv.pid());
     assert!(
-        n < 4 * clients.len() + 100,
+        n < clients.len() + 100,
         "{n} threads for {} clients",
+        clients.len()
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", srv.pid()))
+        .expect("fd dir")
+        .count();
+    assert!(
+        fds < clients.len() + 100,
+        "{fds} fds for {} clients",
         clients.len()
     );
     drop(clients);

@@ -18,6 +18,7 @@
 //! - [`tls`]: TLS credentials, STARTTLS and the encrypted stream.
 
 pub mod activation;
+pub mod budget;
 pub mod captive;
 pub mod connection;
 pub mod export;

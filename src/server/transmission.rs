@@ -31,6 +31,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
+use crate::server::budget::{self, Budget, Grant};
 /// The read half of a connection (buffered: one `read` may bring in several
 /// pipelined requests).
 pub use crate::server::recv::{Reader, READ_BUFFER};
@@ -71,6 +72,8 @@ struct Shared<'a> {
     waiting: AtomicUsize,
     /// Workers on this connection, the connection's own thread included.
     running: AtomicUsize,
+    /// Bytes of large requests in flight on this connection.
+    budget: Budget,
 }
 
 /// How long an extra worker waits for work before it exits.
@@ -94,6 +97,7 @@ pub fn serve(session: &Session<'_>, reader: Reader, writer: Writer) {
         turn_free: Condvar::new(),
         waiting: AtomicUsize::new(0),
         running: AtomicUsize::new(1),
+        budget: Budget::new(budget::PER_CONNECTION),
     };
     std::thread::scope(|scope| worker(&shared, scope, false));
 }
@@ -134,11 +138,18 @@ fn thread_context() -> Option<String> {
 }
 
 /// A request read off the wire, with its payload if it had one.
-struct Incoming {
+struct Incoming<'c> {
     req: Request,
     /// Set when the request must be refused before running it.
     refuse: Option<(u32, String)>,
+    /// A large request's share of the connection's and the process's
+    /// buffer budgets, given back once its reply is sent.
+    _held: Option<(Grant<'c>, Grant<'static>)>,
 }
+
+/// A worker keeps a buffer up to this size between requests; a larger one
+/// is freed once its reply is sent.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// The read side, held by one worker at a time; handed on when dropped.
 struct ReadTurn<'c, 'a> {
@@ -206,7 +217,7 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
                     await_next_request(fd);
                 }
             }
-            let incoming = match receive(c.s, r, &mut buf) {
+            let incoming = match receive(c, r, &mut buf) {
                 Ok(Some(inc)) => inc,
                 Ok(None) => {
                     c.closing.store(true, Ordering::Release);
@@ -306,8 +317,12 @@ fn await_next_request(fd: BorrowedFd<'_>) {
 
 /// Run one request and send its reply.  `false` when the connection is
 /// finished (the reply could not be sent).
-fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool {
-    let req = incoming.req;
+fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> bool {
+    let Incoming {
+        req,
+        refuse,
+        _held: held,
+    } = incoming;
     if crate::log::verbose() {
         crate::log::debug(format!(
             "{} flags=0x{:x} offset={} length={}",
@@ -317,7 +332,7 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool 
             req.length
         ));
     }
-    let outcome = match incoming.refuse {
+    let outcome = match refuse {
         Some((err, msg)) => {
             crate::log::error(format!(
                 "invalid request: {}: {msg}",
@@ -338,7 +353,13 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool 
         }
     };
     let mut w = lock(&c.writer);
-    if let Err(e) = send_reply(c.s, &mut **w, &req, outcome, buf) {
+    let sent = send_reply(c.s, &mut **w, &req, outcome, buf);
+    drop(w);
+    if buf.len() > KEEP_BUFFER {
+        *buf = Vec::new();
+    }
+    drop(held);
+    if let Err(e) = sent {
         crate::log::debug(format!("write reply: {e}"));
         c.closing.store(true, Ordering::Release);
         return false;
@@ -348,7 +369,12 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming, buf: &mut Vec<u8>) -> bool 
 
 /// Read one request (and its payload into `buf`).  `Ok(None)` means the
 /// client is gone: clean EOF or `NBD_CMD_DISC`.
-fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Option<Incoming>> {
+fn receive<'c>(
+    c: &'c Shared<'_>,
+    r: &mut Reader,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Incoming<'c>>> {
+    let s = c.s;
     let extended = s.style == ReplyStyle::Extended;
     let len = if extended {
         EXTENDED_REQUEST_LEN
@@ -367,6 +393,24 @@ fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Opt
     let has_payload =
         req.command == NBD_CMD_WRITE || (extended && req.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0);
     let payload = if has_payload { req.length } else { 0 };
+    // Take a large request's buffer from the budgets before reading its
+    // payload; while they are spent this worker waits here, holding the
+    // read side, and the client's socket is not read (back-pressure).
+    let size = if req.command == NBD_CMD_READ {
+        req.length
+    } else {
+        payload
+    };
+    let held = if size > budget::SMALL && size <= MAX_REQUEST_SIZE {
+        let stopped = || io::Error::new(io::ErrorKind::Interrupted, "server stopping");
+        let conn = c.budget.take(size, &c.closing).ok_or_else(stopped)?;
+        let global = budget::global()
+            .take(size, &c.closing)
+            .ok_or_else(stopped)?;
+        Some((conn, global))
+    } else {
+        None
+    };
     let mut refuse = None;
     if payload > MAX_REQUEST_SIZE {
         if extended {
@@ -389,7 +433,11 @@ fn receive(s: &Session<'_>, r: &mut Reader, buf: &mut Vec<u8>) -> io::Result<Opt
     if refuse.is_none() {
         refuse = validate(s, &req, has_payload).err();
     }
-    Ok(Some(Incoming { req, refuse }))
+    Ok(Some(Incoming {
+        req,
+        refuse,
+        _held: held,
+    }))
 }
 
 /// Fill `buf`; `Ok(false)` on a clean EOF before its first byte (the peer

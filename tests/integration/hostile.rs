@@ -129,6 +129,41 @@ fn thousands_of_idle_clients_do_not_exhaust_threads() {
     srv.stop_ok();
 }
 
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("status line")
+}
+
+#[test]
+fn pipelined_large_reads_are_held_to_the_connection_budget() {
+    let mut srv = Server::start(&["memory", "1G"]);
+    let mut c = handshake(&srv.sock);
+    // 32 reads of 64 MiB, 2 GiB of replies, sent before reading any.
+    for i in 0..32u64 {
+        c.write_all(&read_request(i, (i % 16) << 26, 64 << 20))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss = rss_kib(srv.pid(), "VmRSS:");
+    // Read every reply: all arrive, in full.
+    let mut reply = vec![0u8; 16 + (64 << 20)];
+    for _ in 0..32 {
+        c.read_exact(&mut reply).expect("reply");
+        assert_eq!(&reply[4..8], &[0, 0, 0, 0], "read failed");
+    }
+    let peak = rss_kib(srv.pid(), "VmHWM:");
+    // One connection may hold 256 MiB of large requests: far from the
+    // 16 x 64 MiB its workers could otherwise fill.
+    assert!(rss < 512 * 1024, "RSS {rss} KiB while replies were unread");
+    assert!(peak < 600 * 1024, "peak RSS {peak} KiB");
+    drop(c);
+    srv.stop_ok();
+}
+
 #[test]
 fn sigterm_with_a_client_that_never_reads_replies() {
     let mut srv = Server::start(&["memory", "64M"]);

@@ -3,6 +3,7 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod cow;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
@@ -11,11 +12,13 @@ pub mod limit;
 pub mod noparallel;
 pub mod retry_request;
 pub mod tar;
+mod tmpfile;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "cow",
     "delay",
     "exitlast",
     "exitwhen",
@@ -29,6 +32,7 @@ pub const NAMES: &[&str] = &[
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),

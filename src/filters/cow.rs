@@ -52,9 +52,10 @@ const TRIMMED: u8 = 3;
 /// Number of striped block locks.
 const LOCKS: usize = 64;
 
-/// `cow-on-read`: whether reads of the plugin's blocks are saved.
+/// A `BOOL|/PATH` switch (`cow-on-read`, `cache-on-read`): off, on, or on
+/// while a file exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum OnRead {
+pub(crate) enum OnRead {
     Off,
     On,
     /// On while this file exists (checked on every read).
@@ -62,7 +63,18 @@ enum OnRead {
 }
 
 impl OnRead {
-    fn now(&self) -> bool {
+    /// `true`, `false` (any boolean word) or an absolute path.
+    pub(crate) fn parse(value: &str) -> Result<Self> {
+        Ok(if value.starts_with('/') {
+            OnRead::Path(PathBuf::from(value))
+        } else if parse_bool(value)? {
+            OnRead::On
+        } else {
+            OnRead::Off
+        })
+    }
+
+    pub(crate) fn now(&self) -> bool {
         match self {
             OnRead::Off => false,
             OnRead::On => true,
@@ -138,15 +150,7 @@ impl Filter for Cow {
         match key {
             "cow-block-size" => c.blksize = parse_blksize(value)?,
             "cow-on-cache" => c.on_cache = parse_bool(value)?,
-            "cow-on-read" => {
-                c.on_read = if value.starts_with('/') {
-                    OnRead::Path(PathBuf::from(value))
-                } else if parse_bool(value)? {
-                    OnRead::On
-                } else {
-                    OnRead::Off
-                }
-            }
+            "cow-on-read" => c.on_read = OnRead::parse(value)?,
             _ => return Ok(false),
         }
         Ok(true)

@@ -3,6 +3,8 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod cache;
+pub mod cacheextents;
 pub mod cow;
 pub mod delay;
 pub mod exitlast;
@@ -18,6 +20,8 @@ use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "cache",
+    "cacheextents",
     "cow",
     "delay",
     "exitlast",
@@ -32,6 +36,8 @@ pub const NAMES: &[&str] = &[
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "cache" => Some(Box::new(cache::Cache::new())),
+        "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),

@@ -4,6 +4,7 @@
 mod harness;
 
 mod accept;
+mod cache;
 mod captive;
 mod cli;
 mod clients;

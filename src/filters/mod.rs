@@ -3,6 +3,9 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod cache;
+pub mod cacheextents;
+pub mod cow;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
@@ -13,11 +16,15 @@ pub mod readahead;
 pub mod retry;
 pub mod retry_request;
 pub mod tar;
+mod tmpfile;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "cache",
+    "cacheextents",
+    "cow",
     "delay",
     "exitlast",
     "exitwhen",
@@ -33,6 +40,9 @@ pub const NAMES: &[&str] = &[
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "cache" => Some(Box::new(cache::Cache::new())),
+        "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
+        "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),

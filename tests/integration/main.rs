@@ -4,10 +4,12 @@
 mod harness;
 
 mod accept;
+mod cache;
 mod captive;
 mod cli;
 mod clients;
 mod concurrency;
+mod cow;
 mod example1;
 mod file;
 mod filters;

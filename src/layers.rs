@@ -175,6 +175,7 @@ impl Chain {
         }));
         for f in filters.iter().rev() {
             backend = traced(Arc::new(FilterBackend {
+                transparent: f.transparent(),
                 filter: f.clone(),
                 next: backend,
             }));
@@ -291,7 +292,7 @@ fn cached<T: Copy>(cell: &OnceLock<T>, f: impl FnOnce() -> Result<T>) -> Result<
 
 /// A buffer of zeroes for write-zeroes emulation (in .bss: costs nothing
 /// until touched, and is only ever read).
-static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+pub(crate) static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
 impl PluginContext {
     fn fua_mode(&self) -> Result<FuaMode> {
@@ -453,6 +454,8 @@ impl Context for PluginContext {
 }
 
 struct FilterBackend {
+    /// [`Filter::transparent`], asked once.
+    transparent: bool,
     filter: Arc<dyn Filter>,
     next: Arc<dyn Backend>,
 }
@@ -471,6 +474,11 @@ impl Backend for FilterBackend {
         self.filter.default_export(&*self.next, readonly, is_tls)
     }
     fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
+        if self.transparent {
+            // The next layer's context serves as this layer's: no wrapper,
+            // so no call is added to any request.
+            return self.next.open(readonly, export, is_tls);
+        }
         let ctx = self.filter.open(&*self.next, readonly, export, is_tls)?;
         Ok(Box::new(Filtered(ctx)))
     }

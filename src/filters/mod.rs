@@ -6,9 +6,14 @@
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
+pub mod fua;
 pub mod ip;
 pub mod limit;
+pub mod nocache;
+pub mod noextents;
+pub mod nofilter;
 pub mod noparallel;
+pub mod nozero;
 pub mod retry_request;
 pub mod tar;
 
@@ -19,9 +24,14 @@ pub const NAMES: &[&str] = &[
     "delay",
     "exitlast",
     "exitwhen",
+    "fua",
     "ip",
     "limit",
+    "nocache",
+    "noextents",
+    "nofilter",
     "noparallel",
+    "nozero",
     "retry-request",
     "tar",
 ];
@@ -32,9 +42,14 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "fua" => Some(Box::new(fua::Fua::new())),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
+        "nocache" => Some(Box::new(nocache::NoCache::new())),
+        "noextents" => Some(Box::new(noextents::NoExtents::new())),
+        "nofilter" => Some(Box::new(nofilter::NoFilter::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
+        "nozero" => Some(Box::new(nozero::NoZero::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,

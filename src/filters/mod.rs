@@ -3,54 +3,66 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod checkwrite;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
+pub mod extentlist;
 pub mod fua;
 pub mod ip;
 pub mod limit;
+pub mod multi_conn;
 pub mod nocache;
 pub mod noextents;
 pub mod nofilter;
 pub mod noparallel;
 pub mod nozero;
 pub mod retry_request;
+pub mod swab;
 pub mod tar;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "checkwrite",
     "delay",
     "exitlast",
     "exitwhen",
+    "extentlist",
     "fua",
     "ip",
     "limit",
+    "multi-conn",
     "nocache",
     "noextents",
     "nofilter",
     "noparallel",
     "nozero",
     "retry-request",
+    "swab",
     "tar",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "extentlist" => Some(Box::new(extentlist::ExtentList::new())),
         "fua" => Some(Box::new(fua::Fua::new())),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
+        "multi-conn" => Some(Box::new(multi_conn::MultiConn::new())),
         "nocache" => Some(Box::new(nocache::NoCache::new())),
         "noextents" => Some(Box::new(noextents::NoExtents::new())),
         "nofilter" => Some(Box::new(nofilter::NoFilter::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "nozero" => Some(Box::new(nozero::NoZero::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,
     }

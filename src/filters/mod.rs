@@ -7,6 +7,7 @@ pub mod checkwrite;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
+pub mod exportname;
 pub mod extentlist;
 pub mod fua;
 pub mod ip;
@@ -29,6 +30,7 @@ pub const NAMES: &[&str] = &[
     "delay",
     "exitlast",
     "exitwhen",
+    "exportname",
     "extentlist",
     "fua",
     "ip",
@@ -51,6 +53,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "exportname" => Some(Box::new(exportname::ExportName::new())),
         "extentlist" => Some(Box::new(extentlist::ExtentList::new())),
         "fua" => Some(Box::new(fua::Fua::new())),
         "ip" => Some(Box::new(ip::Ip::new())),

@@ -312,7 +312,7 @@ mod tests {
         let d = Desc::Script("echo \"<$name>\"".into());
         assert_eq!(d.get("a'b $x", None).as_deref(), Some("<a'b $x>"));
         // Only the first 4096 bytes are kept; one final newline dropped.
-        let d = Desc::Script("yes | head -c 10000".into());
+        let d = Desc::Script("head -c 10000 /dev/zero | tr '\\0' x".into());
         assert_eq!(d.get("", None).unwrap().len(), MAX_DESC);
         let d = Desc::Script("printf 'x\\n\\n'".into());
         assert_eq!(d.get("", None).as_deref(), Some("x\n"));

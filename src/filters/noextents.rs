@@ -3,6 +3,7 @@
 //! client copes without extents, or to stop a client from skipping holes.
 
 use crate::error::Result;
+use crate::extents::Extents;
 use crate::filter::{Filter, FilterContext, PassThrough};
 use crate::layers::{Backend, Context};
 
@@ -54,8 +55,12 @@ impl FilterContext for Ctx {
     fn can_extents(&self) -> Result<bool> {
         Ok(false)
     }
-    // Block status is never advertised, so the server never sends one; if
-    // asked anyway, the layer below answers "all data" (see PluginContext).
+    /// The server still offers `base:allocation`; the answer is then
+    /// that everything is data, as for a plugin without extents.
+    fn extents(&self, extents: &mut Extents, _flags: u32) -> Result<()> {
+        let (start, end) = (extents.start(), extents.end());
+        extents.add(start, end - start, 0)
+    }
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ struct Ctx {
 
 impl Ctx {
     fn check(&self, count: u64, offset: u64) -> Result<()> {
-        if count % self.bytes != 0 || offset % self.bytes != 0 {
+        if !count.is_multiple_of(self.bytes) || !offset.is_multiple_of(self.bytes) {
             return Err(Error::new(
                 Errno::EINVAL,
                 "swab: requests to this filter must be aligned",

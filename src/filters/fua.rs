@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::filter::{Filter, FilterContext};
 use crate::layers::{flags, Backend, Context};
 use crate::plugin::FuaMode;
+#[cfg(test)]
+use crate::plugin::ZeroMode;
 use nix::errno::Errno;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,5 +217,48 @@ mod tests {
         assert!(!f.config("fua", "none").unwrap());
         let e = f.config("fuamode", "always").unwrap_err();
         assert!(e.message().contains("unknown fuamode 'always'"), "{e}");
+    }
+
+    fn ctx(mode: Mode, flush: bool, fua: FuaMode) -> Ctx {
+        let next = crate::filters::fake::Fake {
+            flush,
+            fua,
+            zero: ZeroMode::Native,
+        };
+        Ctx {
+            mode,
+            next: Box::new(next),
+        }
+    }
+
+    #[test]
+    fn prepare_checks_what_the_mode_needs() {
+        let e = ctx(Mode::Emulate, false, FuaMode::None)
+            .prepare(false)
+            .unwrap_err();
+        assert!(
+            e.message().contains("'emulate' requires plugin flush"),
+            "{e}"
+        );
+        for m in [Mode::Native, Mode::Force] {
+            let e = ctx(m, true, FuaMode::None).prepare(false).unwrap_err();
+            assert!(e.message().contains("requires plugin fua support"), "{e}");
+            ctx(m, true, FuaMode::Emulate).prepare(false).unwrap();
+        }
+        // Read-only connections are never refused.
+        ctx(Mode::Emulate, false, FuaMode::None)
+            .prepare(true)
+            .unwrap();
+        for m in [Mode::None, Mode::Pass, Mode::Discard] {
+            ctx(m, false, FuaMode::None).prepare(false).unwrap();
+        }
+        ctx(Mode::Emulate, true, FuaMode::None)
+            .prepare(false)
+            .unwrap();
+        // force and discard answer flush themselves.
+        assert!(ctx(Mode::Force, false, FuaMode::Native)
+            .can_flush()
+            .unwrap());
+        assert!(!ctx(Mode::Pass, false, FuaMode::Native).can_flush().unwrap());
     }
 }

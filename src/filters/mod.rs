@@ -9,6 +9,8 @@ pub mod exitlast;
 pub mod exitwhen;
 pub mod exportname;
 pub mod extentlist;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod fua;
 pub mod ip;
 pub mod limit;

@@ -244,4 +244,30 @@ mod tests {
         assert!(f.config("zeromode", "trim").is_err());
         assert!(f.config("fastzeromode", "fast").is_err());
     }
+
+    #[test]
+    fn prepare_needs_plugin_zero_for_notrim_and_plugin() {
+        let ctx = |mode, zero| Ctx {
+            mode,
+            fast: FastMode::Default,
+            next: Box::new(crate::filters::fake::Fake {
+                flush: true,
+                fua: FuaMode::Native,
+                zero,
+            }),
+        };
+        for m in [Mode::NoTrim, Mode::Plugin] {
+            let e = ctx(m, ZeroMode::None).prepare(false).unwrap_err();
+            assert!(e.message().contains("requires plugin zero support"), "{e}");
+            ctx(m, ZeroMode::None).prepare(true).unwrap();
+            ctx(m, ZeroMode::Emulate).prepare(false).unwrap();
+        }
+        for m in [Mode::None, Mode::Emulate] {
+            ctx(m, ZeroMode::None).prepare(false).unwrap();
+        }
+        assert_eq!(
+            ctx(Mode::Emulate, ZeroMode::None).can_zero().unwrap(),
+            ZeroMode::Emulate
+        );
+    }
 }

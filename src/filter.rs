@@ -117,6 +117,15 @@ pub trait Filter: Send + Sync {
         next.default_export(readonly, is_tls)
     }
 
+    /// Whether this filter leaves every connection exactly as the layer
+    /// below would have it (nothing to prepare, finalize, change or
+    /// watch).  Then [`Filter::open`] is not called: the layer's backend
+    /// hands out the next layer's context as its own, so a request through
+    /// the filter costs no call at all.  Only `nofilter` says so.
+    fn transparent(&self) -> bool {
+        false
+    }
+
     /// Open the next layer (possibly with other arguments) and wrap it.
     fn open(
         &self,

@@ -175,6 +175,7 @@ impl Chain {
         }));
         for f in filters.iter().rev() {
             backend = traced(Arc::new(FilterBackend {
+                transparent: f.transparent(),
                 filter: f.clone(),
                 next: backend,
             }));
@@ -291,7 +292,7 @@ fn cached<T: Copy>(cell: &OnceLock<T>, f: impl FnOnce() -> Result<T>) -> Result<
 
 /// A buffer of zeroes for write-zeroes emulation (in .bss: costs nothing
 /// until touched, and is only ever read).
-static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+pub(crate) static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
 impl PluginContext {
     fn fua_mode(&self) -> Result<FuaMode> {
@@ -453,6 +454,8 @@ impl Context for PluginContext {
 }
 
 struct FilterBackend {
+    /// [`Filter::transparent`], asked once.
+    transparent: bool,
     filter: Arc<dyn Filter>,
     next: Arc<dyn Backend>,
 }
@@ -471,15 +474,24 @@ impl Backend for FilterBackend {
         self.filter.default_export(&*self.next, readonly, is_tls)
     }
     fn open(&self, readonly: bool, export: &str, is_tls: bool) -> Result<Box<dyn Context>> {
+        if self.transparent {
+            // The next layer's context serves as this layer's: no wrapper,
+            // so no call is added to any request.
+            return self.next.open(readonly, export, is_tls);
+        }
         let ctx = self
             .filter
             .open_shared(&self.next, readonly, export, is_tls)?;
-        Ok(Box::new(Filtered(ctx)))
+        Ok(Box::new(Filtered(ctx, OnceLock::new(), OnceLock::new())))
     }
 }
 
-/// A filter's per-connection object seen as a [`Context`].
-struct Filtered(Box<dyn FilterContext>);
+/// A filter's per-connection object seen as a [`Context`], with its
+/// answers to `can_extents` and `can_cache`: as for plugins, a layer that
+/// has no extents is answered "all data" here, and a layer that asks for
+/// cache emulation gets it with its own reads (at its own offsets), as
+/// nbdkit's backend does for every layer.
+struct Filtered(Box<dyn FilterContext>, OnceLock<bool>, OnceLock<CacheMode>);
 
 impl Context for Filtered {
     fn prepare(&self, readonly: bool) -> Result<()> {
@@ -518,7 +530,7 @@ impl Context for Filtered {
         self.0.can_fast_zero()
     }
     fn can_extents(&self) -> Result<bool> {
-        self.0.can_extents()
+        cached(&self.1, || self.0.can_extents())
     }
     fn can_fua(&self) -> Result<FuaMode> {
         self.0.can_fua()
@@ -527,7 +539,7 @@ impl Context for Filtered {
         self.0.can_multi_conn()
     }
     fn can_cache(&self) -> Result<CacheMode> {
-        self.0.can_cache()
+        cached(&self.2, || self.0.can_cache())
     }
     fn pread(&self, buf: &mut [u8], offset: u64, flags: u32) -> Result<()> {
         self.0.pread(buf, offset, flags)
@@ -545,10 +557,28 @@ impl Context for Filtered {
         self.0.zero(count, offset, flags)
     }
     fn extents(&self, extents: &mut Extents, flags: u32) -> Result<()> {
+        if !self.can_extents()? {
+            return extents.add(extents.start(), extents.end() - extents.start(), 0);
+        }
         self.0.extents(extents, flags)
     }
     fn cache(&self, count: u64, offset: u64, flags: u32) -> Result<()> {
-        self.0.cache(count, offset, flags)
+        match self.can_cache()? {
+            CacheMode::Native => self.0.cache(count, offset, flags),
+            CacheMode::Emulate => {
+                let chunk = count.min(MAX_REQUEST_SIZE) as usize;
+                let mut buf = vec![0u8; chunk];
+                let (mut count, mut offset) = (count, offset);
+                while count > 0 {
+                    let n = count.min(chunk as u64) as usize;
+                    self.0.pread(&mut buf[..n], offset, 0)?;
+                    count -= n as u64;
+                    offset += n as u64;
+                }
+                Ok(())
+            }
+            CacheMode::None => Err(Error::new(Errno::EINVAL, "cache is not supported")),
+        }
     }
 }
 

@@ -5,16 +5,28 @@
 
 pub mod cache;
 pub mod cacheextents;
+pub mod checkwrite;
 pub mod cow;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
+pub mod exportname;
+pub mod extentlist;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod fua;
 pub mod ip;
 pub mod limit;
+pub mod multi_conn;
+pub mod nocache;
+pub mod noextents;
+pub mod nofilter;
 pub mod noparallel;
+pub mod nozero;
 pub mod readahead;
 pub mod retry;
 pub mod retry_request;
+pub mod swab;
 pub mod tar;
 mod tmpfile;
 
@@ -24,16 +36,26 @@ use crate::filter::Filter;
 pub const NAMES: &[&str] = &[
     "cache",
     "cacheextents",
+    "checkwrite",
     "cow",
     "delay",
     "exitlast",
     "exitwhen",
+    "exportname",
+    "extentlist",
+    "fua",
     "ip",
     "limit",
+    "multi-conn",
+    "nocache",
+    "noextents",
+    "nofilter",
     "noparallel",
+    "nozero",
     "readahead",
     "retry",
     "retry-request",
+    "swab",
     "tar",
 ];
 
@@ -42,16 +64,26 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
         "cache" => Some(Box::new(cache::Cache::new())),
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
+        "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "exportname" => Some(Box::new(exportname::ExportName::new())),
+        "extentlist" => Some(Box::new(extentlist::ExtentList::new())),
+        "fua" => Some(Box::new(fua::Fua::new())),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
+        "multi-conn" => Some(Box::new(multi_conn::MultiConn::new())),
+        "nocache" => Some(Box::new(nocache::NoCache::new())),
+        "noextents" => Some(Box::new(noextents::NoExtents::new())),
+        "nofilter" => Some(Box::new(nofilter::NoFilter::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
+        "nozero" => Some(Box::new(nozero::NoZero::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,
     }

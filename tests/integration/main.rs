@@ -5,6 +5,7 @@ mod harness;
 
 mod accept;
 mod cache;
+mod caps;
 mod captive;
 mod cli;
 mod clients;

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod noparallel;
 pub mod retry_request;
 pub mod tar;
+pub mod xz;
 
 use crate::filter::Filter;
 
@@ -24,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "noparallel",
     "retry-request",
     "tar",
+    "xz",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
@@ -37,6 +39,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,
     }
 }

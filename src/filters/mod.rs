@@ -10,16 +10,20 @@ pub mod ip;
 pub mod limit;
 pub mod noparallel;
 pub mod retry_request;
+pub mod source;
 pub mod tar;
+pub mod unpack;
 pub mod xz;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "bzip2",
     "delay",
     "exitlast",
     "exitwhen",
+    "gzip",
     "ip",
     "limit",
     "noparallel",
@@ -31,9 +35,11 @@ pub const NAMES: &[&str] = &[
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "bzip2" => Some(Box::new(unpack::Unpack::new(unpack::Format::Bzip2))),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
+        "gzip" => Some(Box::new(unpack::Unpack::new(unpack::Format::Gzip))),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),

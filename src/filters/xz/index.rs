@@ -12,6 +12,7 @@
 //! that header until the start of the file.
 
 use crate::error::{Error, Result};
+pub use crate::filters::source::Source;
 use nix::errno::Errno;
 
 /// Stream header magic.
@@ -27,25 +28,6 @@ const VLI_MAX: u64 = i64::MAX as u64;
 const INDEX_MAX: u64 = 1 << 30;
 /// How much is read at a time when skipping stream padding.
 const PAD_CHUNK: u64 = 64 * 1024;
-
-/// Where the compressed bytes come from.
-pub trait Source {
-    fn size(&self) -> Result<u64>;
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-}
-
-impl Source for Vec<u8> {
-    fn size(&self) -> Result<u64> {
-        Ok(self.len() as u64)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let start = usize::try_from(offset).map_err(|_| Errno::EIO)?;
-        let end = start.checked_add(buf.len()).ok_or(Errno::EIO)?;
-        let src = self.get(start..end).ok_or(Errno::EIO)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
 
 /// One block of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

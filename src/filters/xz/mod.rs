@@ -15,18 +15,16 @@ pub mod index;
 
 use crate::error::{Error, Result};
 use crate::filter::{Filter, FilterContext};
+use crate::filters::source::{NextSource, Source};
 use crate::layers::{Backend, Context};
 use crate::parse::{parse_size, parse_unsigned};
 use crate::plugin::CacheMode;
 use crate::server::lock;
-use index::{Block, Layout, Source};
+use index::{Block, Layout};
 use nix::errno::Errno;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use xz2::stream::{Action, Status, Stream};
-
-/// Largest single read sent to the next layer.
-const READ_CHUNK: usize = 8 << 20;
 
 pub struct Xz {
     max_block: u64,
@@ -103,34 +101,6 @@ impl Filter for Xz {
             layout: std::sync::OnceLock::new(),
             cache: Mutex::new(VecDeque::new()),
         }))
-    }
-}
-
-/// The next layer read as the compressed file.
-pub(crate) struct NextSource<'a>(pub &'a dyn Context);
-
-impl Source for NextSource<'_> {
-    fn size(&self) -> Result<u64> {
-        self.0.get_size()
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let size = self.0.get_size()?;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > size)
-        {
-            return Err(Error::new(
-                Errno::EIO,
-                "xz: read beyond the end of the compressed file (truncated file?)",
-            ));
-        }
-        let mut off = offset;
-        for chunk in buf.chunks_mut(READ_CHUNK) {
-            self.0.pread(chunk, off, 0)?;
-            off += chunk.len() as u64;
-        }
-        Ok(())
     }
 }
 

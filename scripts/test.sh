@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar)
+# xz-utils, gzip and bzip2 make the decompressing filters' test files; the -dev
+# packages let xz2, flate2 and bzip2 link the system libraries (without
+# them the crates build their bundled copies).
+pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
+      xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev libbz2-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

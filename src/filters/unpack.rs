@@ -10,6 +10,7 @@
 //! read-only whatever the client asks, and the next layer is only read.
 
 use crate::error::{Error, Result};
+use crate::extents::Extents;
 use crate::filter::{Filter, FilterContext};
 use crate::filters::source::{NextSource, Source, SourceReader};
 use crate::layers::{Backend, Context};
@@ -302,6 +303,18 @@ impl FilterContext for UnpackContext {
                 ),
             )
         })
+    }
+
+    fn extents(&self, extents: &mut Extents, _flags: u32) -> Result<()> {
+        // The compressed file's extents say nothing about these offsets:
+        // everything is data.
+        let (start, end) = (extents.start(), extents.end());
+        extents.add(start, end - start, 0)
+    }
+
+    fn cache(&self, _count: u64, _offset: u64, _flags: u32) -> Result<()> {
+        // Everything is already decompressed into a local file.
+        self.unpacked().map(|_| ())
     }
 
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: u32) -> Result<()> {

@@ -8,6 +8,7 @@ mod captive;
 mod cli;
 mod clients;
 mod concurrency;
+mod decomp;
 mod example1;
 mod file;
 mod filters;

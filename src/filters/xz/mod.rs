@@ -14,6 +14,7 @@
 pub mod index;
 
 use crate::error::{Error, Result};
+use crate::extents::Extents;
 use crate::filter::{Filter, FilterContext};
 use crate::filters::source::{NextSource, Source};
 use crate::layers::{Backend, Context};
@@ -301,6 +302,27 @@ impl FilterContext for XzContext {
             let len = (buf.len() - done).min(data.len() - start);
             buf[done..done + len].copy_from_slice(&data[start..start + len]);
             done += len;
+        }
+        Ok(())
+    }
+
+    fn extents(&self, extents: &mut Extents, _flags: u32) -> Result<()> {
+        // The compressed file's extents say nothing about these offsets:
+        // everything is data.
+        let (start, end) = (extents.start(), extents.end());
+        extents.add(start, end - start, 0)
+    }
+
+    fn cache(&self, count: u64, offset: u64, _flags: u32) -> Result<()> {
+        // Decompress the blocks now, into this connection's block cache.
+        let layout = self.layout()?;
+        let end = offset.saturating_add(count).min(layout.size);
+        let mut pos = offset;
+        while pos < end {
+            let Some(n) = layout.find(pos) else { break };
+            self.block(layout, n)?;
+            let b = &layout.blocks[n];
+            pos = b.uoffset + b.usize;
         }
         Ok(())
     }

@@ -383,3 +383,32 @@ print(bad, good)
         refused_at_open(filter, &bad, &format!("{filter}: "));
     }
 }
+
+/// The tar filter over a decompressing one serves a member of a
+/// compressed tar file.
+#[test]
+fn tar_member_of_compressed_tar() {
+    let f = Files::new(500_000, 18);
+    write_file(f.dir.path(), "a.txt", b"first\n");
+    for (filter, flag) in [("gzip", "z"), ("bzip2", "j"), ("xz", "J")] {
+        let t = format!("data.tar.{filter}");
+        let o = Command::new("tar")
+            .current_dir(f.dir.path())
+            .args([&format!("c{flag}f"), &t, "a.txt", "disk.raw"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let p = f.dir.path().join(&t);
+        let s = Server::start(&[
+            "file",
+            p.to_str().unwrap(),
+            "--filter=tar",
+            &format!("--filter={filter}"),
+            "tar-entry=disk.raw",
+        ]);
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("out");
+        nbdcopy(&[&s.uri(), dst.to_str().unwrap()]);
+        assert!(std::fs::read(&dst).unwrap() == f.data, "{filter}");
+    }
+}

@@ -7,10 +7,12 @@
 //! hold the bytes asked for, decompresses each of them whole (handing
 //! liblzma the block preceded by its stream's header, so the block's check
 //! is verified too), and keeps the last `xz-max-depth` decompressed blocks
-//! of the connection in a small most-recently-used cache.  Files whose
+//! in a small most-recently-used cache shared by all connections (see
+//! [`cache`]).  Files whose
 //! largest block is bigger than `xz-max-block` are refused, since a block
 //! is held in memory whole: recompress them with `xz --block-size=`.
 
+mod cache;
 pub mod index;
 
 use crate::error::{Error, Result};
@@ -21,9 +23,9 @@ use crate::layers::{Backend, Context};
 use crate::parse::{parse_size, parse_unsigned};
 use crate::plugin::CacheMode;
 use crate::server::lock;
+use cache::BlockCache;
 use index::{Block, Layout};
 use nix::errno::Errno;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use xz2::stream::{Action, Status, Stream};
 
@@ -32,6 +34,9 @@ pub struct Xz {
     max_depth: usize,
     /// The file's layout, once a connection has read it.
     layout: Arc<Mutex<Option<Arc<Layout>>>>,
+    /// Decompressed blocks (made at `config_complete`, when the depth is
+    /// known).
+    cache: Arc<BlockCache>,
 }
 
 impl Xz {
@@ -40,6 +45,7 @@ impl Xz {
             max_block: 512 << 20,
             max_depth: 8,
             layout: Arc::default(),
+            cache: Arc::new(BlockCache::new(8)),
         }
     }
 }
@@ -86,6 +92,11 @@ impl Filter for Xz {
         Ok(true)
     }
 
+    fn config_complete(&mut self) -> Result<()> {
+        self.cache = Arc::new(BlockCache::new(self.max_depth));
+        Ok(())
+    }
+
     fn open(
         &self,
         next: &dyn Backend,
@@ -97,10 +108,9 @@ impl Filter for Xz {
         Ok(Box::new(XzContext {
             next: next.open(true, export, is_tls)?,
             max_block: self.max_block,
-            max_depth: self.max_depth,
             shared: self.layout.clone(),
             layout: std::sync::OnceLock::new(),
-            cache: Mutex::new(VecDeque::new()),
+            cache: self.cache.clone(),
         }))
     }
 }
@@ -108,12 +118,9 @@ impl Filter for Xz {
 struct XzContext {
     next: Box<dyn Context>,
     max_block: u64,
-    max_depth: usize,
     shared: Arc<Mutex<Option<Arc<Layout>>>>,
     layout: std::sync::OnceLock<Arc<Layout>>,
-    /// Recently decompressed blocks, most recent first: (block number,
-    /// data).
-    cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    cache: Arc<BlockCache>,
 }
 
 impl XzContext {
@@ -126,26 +133,10 @@ impl XzContext {
 
     /// Block `n` decompressed, from the cache or the file.
     fn block(&self, layout: &Layout, n: usize) -> Result<Arc<Vec<u8>>> {
-        {
-            let mut cache = lock(&self.cache);
-            if let Some(i) = cache.iter().position(|(k, _)| *k == n) {
-                let hit = cache.remove(i).expect("position is in range");
-                let data = hit.1.clone();
-                cache.push_front(hit);
-                return Ok(data);
-            }
-        }
-        let b = &layout.blocks[n];
-        let data = Arc::new(decode_block(
-            &NextSource(&*self.next),
-            &layout.streams[b.stream],
-            b,
-        )?);
-        let mut cache = lock(&self.cache);
-        cache.retain(|(k, _)| *k != n);
-        cache.push_front((n, data.clone()));
-        cache.truncate(self.max_depth);
-        Ok(data)
+        self.cache.get(n, || {
+            let b = &layout.blocks[n];
+            decode_block(&NextSource(&*self.next), &layout.streams[b.stream], b)
+        })
     }
 }
 
@@ -314,7 +305,7 @@ impl FilterContext for XzContext {
     }
 
     fn cache(&self, count: u64, offset: u64, _flags: u32) -> Result<()> {
-        // Decompress the blocks now, into this connection's block cache.
+        // Decompress the blocks now, into the block cache.
         let layout = self.layout()?;
         let end = offset.saturating_add(count).min(layout.size);
         let mut pos = offset;

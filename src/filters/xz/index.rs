@@ -254,7 +254,16 @@ pub fn read_layout(src: &dyn Source) -> Result<Layout> {
     }
     src.read_at(&mut magic, 0)?;
     if magic != HEADER_MAGIC {
-        return Err(corrupt("not an xz file (no xz magic number at the start)"));
+        // The older .lzma ("lzma_alone") format starts with its properties
+        // byte, 0x5d for every file xz and lzma-utils write.
+        let hint = if magic[0] == 0x5d {
+            ": this looks like an old .lzma file; recompress it with xz"
+        } else {
+            ""
+        };
+        return Err(corrupt(format!(
+            "not an xz file (no xz magic number at the start){hint}"
+        )));
     }
     if !size.is_multiple_of(4) {
         return Err(corrupt(
@@ -419,6 +428,17 @@ mod tests {
                 assert_eq!(l, read_layout(&x).unwrap(), "byte {i}");
             }
         }
+        // The older .lzma format gets a hint.
+        let mut w = xz2::write::XzEncoder::new_stream(
+            Vec::new(),
+            xz2::stream::Stream::new_lzma_encoder(
+                &xz2::stream::LzmaOptions::new_preset(1).unwrap(),
+            )
+            .unwrap(),
+        );
+        w.write_all(&d).unwrap();
+        let e = read_layout(&w.finish().unwrap()).unwrap_err();
+        assert!(e.message().contains(".lzma"), "{}", e.message());
         // Only padding at all.
         assert!(read_layout(&vec![0u8; 64]).is_err());
     }

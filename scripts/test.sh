@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar)
+# xz-utils, gzip and bzip2 make the decompressing filters' test files; with
+# pkg-config and the -dev packages, xz2 and flate2 link the system liblzma
+# and zlib (without them the crates build bundled copies; bzip2-sys always
+# does here, as Debian's libbz2-dev has no pkg-config file).
+pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
+      xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -26,14 +26,18 @@ pub mod nozero;
 pub mod readahead;
 pub mod retry;
 pub mod retry_request;
+pub mod source;
 pub mod swab;
 pub mod tar;
 mod tmpfile;
+pub mod unpack;
+pub mod xz;
 
 use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "bzip2",
     "cache",
     "cacheextents",
     "checkwrite",
@@ -44,6 +48,7 @@ pub const NAMES: &[&str] = &[
     "exportname",
     "extentlist",
     "fua",
+    "gzip",
     "ip",
     "limit",
     "multi-conn",
@@ -57,11 +62,13 @@ pub const NAMES: &[&str] = &[
     "retry-request",
     "swab",
     "tar",
+    "xz",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "bzip2" => Some(Box::new(unpack::Unpack::new(unpack::Format::Bzip2))),
         "cache" => Some(Box::new(cache::Cache::new())),
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
@@ -72,6 +79,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "exportname" => Some(Box::new(exportname::ExportName::new())),
         "extentlist" => Some(Box::new(extentlist::ExtentList::new())),
         "fua" => Some(Box::new(fua::Fua::new())),
+        "gzip" => Some(Box::new(unpack::Unpack::new(unpack::Format::Gzip))),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
         "multi-conn" => Some(Box::new(multi_conn::MultiConn::new())),
@@ -85,6 +93,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod concurrency;
 mod cow;
+mod decomp;
 mod example1;
 mod file;
 mod filters;

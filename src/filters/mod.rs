@@ -9,6 +9,7 @@ pub mod exitwhen;
 pub mod ip;
 pub mod limit;
 pub mod noparallel;
+pub mod offset;
 pub mod retry_request;
 pub mod tar;
 
@@ -22,6 +23,7 @@ pub const NAMES: &[&str] = &[
     "ip",
     "limit",
     "noparallel",
+    "offset",
     "retry-request",
     "tar",
 ];
@@ -35,6 +37,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
+        "offset" => Some(Box::new(offset::Offset::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,

@@ -10,6 +10,7 @@ pub mod ip;
 pub mod limit;
 pub mod noparallel;
 pub mod offset;
+pub mod partition;
 pub mod retry_request;
 pub mod tar;
 
@@ -24,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "limit",
     "noparallel",
     "offset",
+    "partition",
     "retry-request",
     "tar",
 ];
@@ -38,6 +40,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "limit" => Some(Box::new(limit::Limit::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "offset" => Some(Box::new(offset::Offset::new())),
+        "partition" => Some(Box::new(partition::Partition::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         _ => None,

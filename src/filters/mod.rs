@@ -13,6 +13,7 @@ pub mod offset;
 pub mod partition;
 pub mod retry_request;
 pub mod tar;
+pub mod truncate;
 
 use crate::filter::Filter;
 
@@ -28,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "partition",
     "retry-request",
     "tar",
+    "truncate",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
@@ -43,6 +45,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "partition" => Some(Box::new(partition::Partition::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "truncate" => Some(Box::new(truncate::Truncate::new())),
         _ => None,
     }
 }

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod noparallel;
 pub mod offset;
 pub mod partition;
+pub mod protect;
 pub mod retry_request;
 pub mod tar;
 pub mod truncate;
@@ -27,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "noparallel",
     "offset",
     "partition",
+    "protect",
     "retry-request",
     "tar",
     "truncate",
@@ -43,6 +45,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
+        "protect" => Some(Box::new(protect::Protect::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),

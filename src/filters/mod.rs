@@ -12,6 +12,7 @@ pub mod noparallel;
 pub mod offset;
 pub mod partition;
 pub mod protect;
+pub mod readonly;
 pub mod retry_request;
 pub mod tar;
 pub mod truncate;
@@ -29,6 +30,7 @@ pub const NAMES: &[&str] = &[
     "offset",
     "partition",
     "protect",
+    "readonly",
     "retry-request",
     "tar",
     "truncate",
@@ -46,6 +48,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
         "protect" => Some(Box::new(protect::Protect::new())),
+        "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),

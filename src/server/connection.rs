@@ -47,6 +47,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
         return;
     }
     let wait_fd = socket.try_clone_fd().ok();
+    let socket_fd = socket.try_clone_fd().ok();
     let negotiated = negotiate(
         &server.handshake,
         &*server.stack.backend,
@@ -84,6 +85,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Stream) {
                 request_lock,
                 quick_layers: server.stack.quick_requests(),
                 wait_fd: wait_fd.as_ref().map(|f| f.as_fd()),
+                socket_fd: socket_fd.as_ref().map(|f| f.as_fd()),
             };
             transmission::serve(&session, reader, writer);
             let _g = hold(request_lock);

@@ -3,6 +3,7 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod blocksize;
 pub mod blocksize_policy;
 pub mod delay;
 pub mod exitlast;
@@ -22,6 +23,7 @@ use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "blocksize",
     "blocksize-policy",
     "delay",
     "exitlast",
@@ -41,6 +43,7 @@ pub const NAMES: &[&str] = &[
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "blocksize" => Some(Box::new(blocksize::Blocksize::new())),
         "blocksize-policy" => Some(Box::new(blocksize_policy::BlocksizePolicy::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),

@@ -16,6 +16,7 @@ mod lifecycle;
 mod memory;
 mod null;
 mod protocol;
+mod ranges;
 mod service;
 mod tar;
 mod tls;

@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod memory;
 mod null;
+mod partition;
 mod protocol;
 mod ranges;
 mod service;

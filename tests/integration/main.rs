@@ -4,6 +4,7 @@
 mod harness;
 
 mod accept;
+mod blocksize;
 mod captive;
 mod cli;
 mod clients;

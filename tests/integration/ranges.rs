@@ -200,17 +200,15 @@ fn protect_range_forms() {
         ("protect=0x400-", 0, 1024),
     ] {
         let s = serve_file(&data, &["--filter=protect", param]);
-        let script = format!(
-            "r = []\n\
+        let script = "r = []\n\
              for off in range(0, 8192, 512):\n\
              \x20   try:\n\
              \x20       h.pwrite(b'\\xee' * 512, off)\n\
              \x20       r.append(off)\n\
              \x20   except nbd.Error:\n\
              \x20       pass\n\
-             print(r)\n"
-        );
-        let out = python(&s.uri(), &script, &[]);
+             print(r)\n";
+        let out = python(&s.uri(), script, &[]);
         let want: Vec<usize> = (open_lo..open_hi).step_by(512).collect();
         assert_eq!(out.trim(), format!("{want:?}"), "{param}");
         let mut expect = data.clone();

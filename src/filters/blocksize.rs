@@ -131,10 +131,6 @@ impl Filter for Blocksize {
          maxlen=<SIZE>        Maximum size for trim/zero (default 4G-minblock)."
     }
 
-    fn quick_requests(&self) -> bool {
-        true
-    }
-
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "minblock" => self.cfg.minblock = parse(key, value)?,
@@ -473,6 +469,116 @@ impl FilterContext for Blocked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extents::{HOLE, ZERO};
+    use crate::layers::Chain;
+    use crate::plugin::{Handle, Plugin};
+
+    /// A 16k disk with fixed extents, reading as its offsets' low bytes.
+    struct Fixed(Vec<(u64, u64, u32)>);
+    struct FixedHandle(Vec<(u64, u64, u32)>);
+
+    impl Plugin for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn open(&self, _: bool, _: &str, _: bool) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(FixedHandle(self.0.clone())))
+        }
+    }
+
+    impl Handle for FixedHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(16384)
+        }
+        fn pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (offset as usize + i) as u8;
+            }
+            Ok(())
+        }
+        fn can_extents(&self) -> Result<bool> {
+            Ok(true)
+        }
+        fn extents(&self, extents: &mut Extents, _req_one: bool) -> Result<()> {
+            for &(o, l, f) in &self.0 {
+                if o + l > extents.start() && o < extents.end() {
+                    extents.add(o, l, f)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn extents_through(plugin: Vec<(u64, u64, u32)>, start: u64, end: u64) -> Vec<(u64, u64, u32)> {
+        let mut chain = Chain {
+            filters: vec![Box::new(Blocksize::new())],
+            plugin: Box::new(Fixed(plugin)),
+        };
+        chain.config_param("minblock=4096").unwrap();
+        chain.config_complete().unwrap();
+        let stack = chain.into_stack();
+        let c = stack.backend.open(true, "", false).unwrap();
+        c.prepare(true).unwrap();
+        let mut e = Extents::new(start, end);
+        c.extents(&mut e, 0).unwrap();
+        e.list()
+            .iter()
+            .map(|x| (x.offset, x.length, x.flags))
+            .collect()
+    }
+
+    #[test]
+    fn extents_come_back_in_whole_blocks() {
+        let hz = HOLE | ZERO;
+        // Aligned extents pass through, clipped to the request.
+        let aligned = vec![(0, 4096, 0), (4096, 8192, hz), (12288, 4096, 0)];
+        assert_eq!(
+            extents_through(aligned.clone(), 0, 16384),
+            [(0, 4096, 0), (4096, 8192, hz), (12288, 4096, 0)]
+        );
+        assert_eq!(
+            extents_through(aligned, 5000, 13000),
+            [(5000, 7288, hz), (12288, 712, 0)]
+        );
+        // A block partly data, partly hole, is data; a block that is hole
+        // and zero in two pieces stays hole and zero.
+        let ragged = vec![
+            (0, 1000, 0),
+            (1000, 4000, hz),
+            (5000, 3192, HOLE),
+            (8192, 1000, hz),
+            (9192, 7192, ZERO),
+        ];
+        assert_eq!(
+            extents_through(ragged, 0, 16384),
+            [(0, 4096, 0), (4096, 4096, HOLE), (8192, 8192, ZERO)]
+        );
+    }
+
+    #[test]
+    fn unaligned_reads_are_widened() {
+        let mut chain = Chain {
+            filters: vec![Box::new(Blocksize::new())],
+            plugin: Box::new(Fixed(vec![])),
+        };
+        chain.config_param("minblock=512").unwrap();
+        chain.config_complete().unwrap();
+        let stack = chain.into_stack();
+        let c = stack.backend.open(true, "", false).unwrap();
+        c.prepare(true).unwrap();
+        for (off, len) in [
+            (1u64, 1usize),
+            (511, 2),
+            (100, 5000),
+            (4096, 512),
+            (7, 0x1000),
+        ] {
+            let mut buf = vec![0u8; len];
+            c.pread(&mut buf, off, 0).unwrap();
+            let want: Vec<u8> = (0..len).map(|i| (off as usize + i) as u8).collect();
+            assert_eq!(buf, want, "{off}+{len}");
+        }
+    }
 
     fn configured(params: &[(&str, &str)]) -> Result<Config> {
         let mut f = Blocksize::new();

@@ -3,6 +3,8 @@
 //! A new filter is one file implementing [`crate::filter::Filter`] plus one
 //! line in [`new_filter`].
 
+pub mod blocksize;
+pub mod blocksize_policy;
 pub mod cache;
 pub mod cacheextents;
 pub mod checkwrite;
@@ -23,13 +25,18 @@ pub mod noextents;
 pub mod nofilter;
 pub mod noparallel;
 pub mod nozero;
+pub mod offset;
+pub mod partition;
+pub mod protect;
 pub mod readahead;
+pub mod readonly;
 pub mod retry;
 pub mod retry_request;
 pub mod source;
 pub mod swab;
 pub mod tar;
 mod tmpfile;
+pub mod truncate;
 pub mod unpack;
 pub mod xz;
 
@@ -37,6 +44,8 @@ use crate::filter::Filter;
 
 /// Names of the built-in filters.
 pub const NAMES: &[&str] = &[
+    "blocksize",
+    "blocksize-policy",
     "bzip2",
     "cache",
     "cacheextents",
@@ -57,17 +66,24 @@ pub const NAMES: &[&str] = &[
     "nofilter",
     "noparallel",
     "nozero",
+    "offset",
+    "partition",
+    "protect",
     "readahead",
+    "readonly",
     "retry",
     "retry-request",
     "swab",
     "tar",
+    "truncate",
     "xz",
 ];
 
 /// A fresh, unconfigured filter by short name; `None` if unknown.
 pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
     match name {
+        "blocksize" => Some(Box::new(blocksize::Blocksize::new())),
+        "blocksize-policy" => Some(Box::new(blocksize_policy::BlocksizePolicy::new())),
         "bzip2" => Some(Box::new(unpack::Unpack::new(unpack::Format::Bzip2))),
         "cache" => Some(Box::new(cache::Cache::new())),
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
@@ -88,11 +104,16 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "nofilter" => Some(Box::new(nofilter::NoFilter::new())),
         "noparallel" => Some(Box::new(noparallel::NoParallel::new())),
         "nozero" => Some(Box::new(nozero::NoZero::new())),
+        "offset" => Some(Box::new(offset::Offset::new())),
+        "partition" => Some(Box::new(partition::Partition::new())),
+        "protect" => Some(Box::new(protect::Protect::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
+        "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "truncate" => Some(Box::new(truncate::Truncate::new())),
         "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,
     }

@@ -79,6 +79,7 @@ pub fn handle(server: &Server, reader: Reader, writer: Writer, socket: Shared) {
                 request_lock,
                 quick_layers: server.stack.quick_requests(),
                 wait_fd,
+                socket_fd: Some(own.as_fd()),
             };
             transmission::serve(&session, reader, writer);
             let _g = hold(request_lock);

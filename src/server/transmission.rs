@@ -55,6 +55,22 @@ pub struct Session<'a> {
     /// [`await_next_request`]); `None` where that cannot tell (TLS keeps
     /// its own buffer).
     pub wait_fd: Option<BorrowedFd<'a>>,
+    /// The connection's socket, shut down when a layer asks for the
+    /// connection to be dropped at once (see [`disconnect_now`]).
+    pub socket_fd: Option<BorrowedFd<'a>>,
+}
+
+thread_local! {
+    /// Set by a layer during a request: drop the connection without
+    /// replying.
+    static DISCONNECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a layer while it runs a request (nbdkit's
+/// `nbdkit_disconnect(true)`): the request gets no reply and the
+/// connection is closed at once.
+pub fn disconnect_now() {
+    DISCONNECT.with(|d| d.set(true));
 }
 
 struct Shared<'a> {
@@ -352,6 +368,18 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
             outcome
         }
     };
+    if DISCONNECT.with(|d| d.replace(false)) {
+        crate::log::debug("a layer asked to drop the connection: closing it without a reply");
+        c.closing.store(true, Ordering::Release);
+        if let Some(fd) = c.s.socket_fd {
+            // Wakes the worker blocked reading the next request.
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
+        return false;
+    }
     let mut w = lock(&c.writer);
     let sent = send_reply(c.s, &mut **w, &req, outcome, buf);
     drop(w);

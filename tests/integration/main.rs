@@ -4,6 +4,7 @@
 mod harness;
 
 mod accept;
+mod blocksize;
 mod cache;
 mod caps;
 mod captive;
@@ -19,7 +20,9 @@ mod hostile;
 mod lifecycle;
 mod memory;
 mod null;
+mod partition;
 mod protocol;
+mod ranges;
 mod readahead;
 mod service;
 mod tar;

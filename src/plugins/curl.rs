@@ -471,6 +471,12 @@ impl Plugin for CurlPlugin {
         Ok(())
     }
 
+    fn cleanup(&self) {
+        if let Some(pool) = self.pool.get() {
+            pool.close_all();
+        }
+    }
+
     fn open(&self, readonly: bool, _export_name: &str, _is_tls: bool) -> Result<Box<dyn Handle>> {
         let pool = self.pool();
         let size = pool.probe_size()?;

@@ -173,6 +173,12 @@ impl Pool {
         }
     }
 
+    /// Free the idle handles (libcurl then writes any `cookiejar`).
+    pub fn close_all(&self) {
+        let idle = std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).idle);
+        drop(idle);
+    }
+
     /// Borrow a handle, waiting for one if all `connections` are busy.
     fn lease(&self) -> Result<Lease<'_>> {
         let extra = self.scripts.current()?;

@@ -280,7 +280,6 @@ const CALLBACKS: &[&str] = &[
     "config",
     "config_complete",
     "config_help",
-    "dump_plugin",
     "open",
     "close",
     "get_size",
@@ -347,14 +346,6 @@ impl Plugin for CurlPlugin {
 
     fn callbacks(&self) -> &'static [&'static str] {
         CALLBACKS
-    }
-
-    fn dump_plugin(&self) -> Vec<String> {
-        let v = curl::Version::get();
-        vec![
-            format!("curl_version=libcurl/{}", v.version()),
-            format!("curl_http2={}", u8::from(v.feature_http2())),
-        ]
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {

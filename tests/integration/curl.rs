@@ -152,6 +152,8 @@ fn curl_startup_errors() {
             "/nonexistent/pw",
         ),
         (vec!["curl", u, "nosuchkey=1"], "nosuchkey"),
+        (vec!["curl", u, "password=-"], "not a tty"),
+        (vec!["curl", u, "password=-1"], "stdin, stdout or stderr"),
     ] {
         if want == "HTTP/3" && curl_has_http3() {
             continue;
@@ -508,4 +510,102 @@ fn curl_protocols_limit_is_enforced() {
     drop(s);
     let s = Server::start(&["curl", &url, "protocols=file"]);
     assert_eq!(python(&s.uri(), "print(h.get_size())", &[]).trim(), "4096");
+}
+
+#[test]
+fn curl_password_from_inherited_fd() {
+    use std::os::fd::AsRawFd;
+    let data = pseudo_random(50_000, 21);
+    let web = WebServer::start(
+        data.clone(),
+        WebOptions {
+            basic_auth: Some(("bob".into(), "fdpass".into())),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "pw", b"fdpass\n");
+    let f = std::fs::File::open(&p).unwrap();
+    let fd = f.as_raw_fd();
+    let arg = format!("password=-{fd}");
+    let s = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["-r", "curl", &web.url(), "user=bob", &arg],
+        |cmd| {
+            // SAFETY: runs in the child between fork and exec; fcntl is
+            // async-signal-safe and only clears close-on-exec on `fd`.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    assert_same(&read_all(&s.uri()), &data, "password=-FD");
+}
+
+#[test]
+fn curl_timeout_fails_a_slow_request() {
+    let web = WebServer::start(
+        pseudo_random(4096, 22),
+        WebOptions {
+            delay_ms: 3000,
+            ..Default::default()
+        },
+    );
+    let mut s = Server::start(&["-r", "curl", &web.url(), "timeout=1"]);
+    let o = python_any(&s.uri(), "print(h.get_size())", &[]);
+    assert!(!o.status.success(), "a 3 s answer beat timeout=1");
+    s.stop();
+    let err = s.stderr();
+    assert!(
+        err.to_lowercase().contains("timeout") || err.contains("timed out"),
+        "stderr:\n{err}"
+    );
+}
+
+#[test]
+fn curl_resolve_and_ipresolve() {
+    let data = pseudo_random(20_000, 23);
+    let web = WebServer::start(data.clone(), WebOptions::default());
+    let port = web.port();
+    let url = format!("http://disk.invalid:{port}/disk.img");
+    let res = format!("resolve=disk.invalid:{port}:127.0.0.1");
+    let s = Server::start(&["-r", "curl", &url, &res, "ipresolve=v4"]);
+    assert_same(&read_all(&s.uri()), &data, "resolve=");
+    assert_eq!(
+        web.seen()[0].headers.get("host").map(String::as_str),
+        Some(&*format!("disk.invalid:{port}"))
+    );
+}
+
+#[test]
+fn curl_cookiejar_is_written_at_exit() {
+    let data = pseudo_random(8192, 24);
+    let web = WebServer::start(
+        data.clone(),
+        WebOptions {
+            set_cookie: Some("jarred=yes; Path=/".into()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("jar.txt");
+    let arg = format!("cookiejar={}", jar.display());
+    let mut s = Server::start(&["-r", "curl", &web.url(), &arg]);
+    assert_same(&read_all(&s.uri()), &data, "cookiejar");
+    // The cookie the server set is sent back on later requests.
+    assert!(
+        web.seen().iter().skip(1).any(|r| r
+            .headers
+            .get("cookie")
+            .is_some_and(|c| c.contains("jarred=yes"))),
+        "cookie engine did not send the cookie back"
+    );
+    s.stop();
+    let text = std::fs::read_to_string(&jar).unwrap_or_default();
+    assert!(text.contains("jarred"), "cookie jar:\n{text}");
 }

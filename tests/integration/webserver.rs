@@ -63,6 +63,8 @@ pub struct WebOptions {
     pub delay_ms: u64,
     /// Fail every Nth request (counting from 1: requests N, 2N, ...).
     pub fail_every: Option<(u64, Failure)>,
+    /// Send `Set-Cookie: VALUE` with every successful answer.
+    pub set_cookie: Option<String>,
 }
 
 /// One request as the server saw it.
@@ -366,6 +368,9 @@ fn answer(
         }
     }
     let mut extra = Vec::new();
+    if let Some(c) = &o.set_cookie {
+        extra.push(("Set-Cookie".to_string(), c.clone()));
+    }
     if !o.no_ranges {
         extra.push(("Accept-Ranges".to_string(), "bytes".to_string()));
     }

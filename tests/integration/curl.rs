@@ -609,3 +609,34 @@ fn curl_cookiejar_is_written_at_exit() {
     let text = std::fs::read_to_string(&jar).unwrap_or_default();
     assert!(text.contains("jarred"), "cookie jar:\n{text}");
 }
+
+#[test]
+fn curl_followlocation() {
+    let data = pseudo_random(30_000, 25);
+    let target = WebServer::start(data.clone(), WebOptions::default());
+    let redirector = WebServer::start(
+        Vec::new(),
+        WebOptions {
+            redirect_to: Some(target.url()),
+            ..Default::default()
+        },
+    );
+    let s = Server::start(&["-r", "curl", &redirector.url()]);
+    assert_same(&read_all(&s.uri()), &data, "followed redirect");
+    drop(s);
+    let mut s = Server::start(&["-r", "curl", &redirector.url(), "followlocation=false"]);
+    let o = python_any(&s.uri(), "print(h.get_size())", &[]);
+    assert!(!o.status.success(), "a 302 was served as the file");
+    s.stop();
+    assert!(s.stderr().contains("HTTP status 302"), "{}", s.stderr());
+}
+
+#[test]
+fn curl_unix_socket_path() {
+    let web = Lighttpd::start_unix();
+    let data = pseudo_random(MIB, 26);
+    web.write("disk.img", &data);
+    let arg = format!("unix-socket-path={}", web.socket().display());
+    let s = Server::start(&["-r", "curl", "http://localhost/disk.img", &arg]);
+    assert_same(&read_all(&s.uri()), &data, "unix-socket-path");
+}

@@ -65,6 +65,8 @@ pub struct WebOptions {
     pub fail_every: Option<(u64, Failure)>,
     /// Send `Set-Cookie: VALUE` with every successful answer.
     pub set_cookie: Option<String>,
+    /// Answer every request with `302 Found` and `Location: URL`.
+    pub redirect_to: Option<String>,
 }
 
 /// One request as the server saw it.
@@ -367,6 +369,16 @@ fn answer(
             return Ok(true);
         }
     }
+    if let Some(to) = &o.redirect_to {
+        simple(
+            out,
+            302,
+            "Found",
+            &[("Location".to_string(), to.clone())],
+            head,
+        )?;
+        return Ok(true);
+    }
     let mut extra = Vec::new();
     if let Some(c) = &o.set_cookie {
         extra.push(("Set-Cookie".to_string(), c.clone()));
@@ -456,7 +468,16 @@ impl Lighttpd {
         Self::spawn(true)
     }
 
+    /// lighttpd over HTTP on a Unix socket (see [`Lighttpd::socket`]).
+    pub fn start_unix() -> Lighttpd {
+        Self::spawn_on(false, true)
+    }
+
     fn spawn(https: bool) -> Lighttpd {
+        Self::spawn_on(https, false)
+    }
+
+    fn spawn_on(https: bool, unix: bool) -> Lighttpd {
         let bin = Path::new("/usr/sbin/lighttpd");
         assert!(
             bin.exists(),
@@ -467,8 +488,7 @@ impl Lighttpd {
         std::fs::create_dir(&root).unwrap();
         let mut conf = format!(
             "server.document-root = \"{}\"\n\
-             server.bind = \"127.0.0.1\"\n\
-             server.port = PORT\n\
+             BIND\n\
              server.errorlog = \"{}\"\n\
              server.max-keep-alive-requests = 10000\n\
              mimetype.assign = ( \"\" => \"application/octet-stream\" )\n",
@@ -514,7 +534,13 @@ impl Lighttpd {
         for _ in 0..10 {
             let port = crate::harness::free_port();
             let path = dir.path().join("lighttpd.conf");
-            std::fs::write(&path, conf.replace("PORT", &port.to_string())).unwrap();
+            let sock = dir.path().join("sock");
+            let bind = if unix {
+                format!("server.bind = \"{}\"", sock.display())
+            } else {
+                format!("server.bind = \"127.0.0.1\"\nserver.port = {port}")
+            };
+            std::fs::write(&path, conf.replace("BIND", &bind)).unwrap();
             let mut child = Command::new(bin)
                 .arg("-D")
                 .arg("-f")
@@ -526,7 +552,12 @@ impl Lighttpd {
                 .expect("spawn lighttpd");
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let up = if unix {
+                    std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                } else {
+                    TcpStream::connect(("127.0.0.1", port)).is_ok()
+                };
+                if up {
                     return Lighttpd {
                         child,
                         dir,
@@ -552,6 +583,11 @@ impl Lighttpd {
     /// The document root: files written here are served.
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+
+    /// The Unix socket ([`Lighttpd::start_unix`] only).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sock")
     }
 
     /// The self-signed certificate (HTTPS only).

@@ -9,7 +9,7 @@
 use super::scripts::{Extra, Scripts};
 use super::Settings;
 use crate::error::{Error, Result};
-use curl::easy::{Easy, List};
+use curl::easy::{Easy, List, SeekResult};
 use nix::errno::Errno;
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -346,6 +346,14 @@ impl Pool {
             crate::log::debug("curl: HEAD forbidden (403), finding the size with GET");
             resp = self.size_by_get(easy)?;
         }
+        if resp.http && !(200..300).contains(&resp.status) {
+            // A redirect not followed (followlocation=false) or some other
+            // non-error answer: its headers say nothing about the file.
+            return Err(eio(format!(
+                "curl: HEAD {}: HTTP status {} (not a 2xx answer)",
+                self.settings.url, resp.status
+            )));
+        }
         let len = match resp.content_length {
             Some(n) => n,
             None => {
@@ -501,7 +509,7 @@ impl Pool {
         easy.in_filesize(buf.len() as u64)
             .map_err(|e| setopt_err("infilesize", e))?;
         let resp = RefCell::new(Response::default());
-        let mut pos = 0usize;
+        let pos = Cell::new(0usize);
         let r = {
             let mut t = easy.transfer();
             t.header_function(|l| {
@@ -510,14 +518,27 @@ impl Pool {
             })
             .and_then(|_| {
                 t.read_function(|into| {
-                    let n = into.len().min(buf.len() - pos);
-                    into[..n].copy_from_slice(&buf[pos..pos + n]);
-                    pos += n;
+                    let p = pos.get();
+                    let n = into.len().min(buf.len() - p);
+                    into[..n].copy_from_slice(&buf[p..p + n]);
+                    pos.set(p + n);
                     Ok(n)
+                })
+            })
+            .and_then(|_| {
+                // libcurl rewinds to resend the body (after a redirect or
+                // an authentication round trip).
+                t.seek_function(|to| match to {
+                    std::io::SeekFrom::Start(n) if n <= buf.len() as u64 => {
+                        pos.set(n as usize);
+                        SeekResult::Ok
+                    }
+                    _ => SeekResult::CantSeek,
                 })
             })
             .and_then(|_| t.perform())
         };
+        let pos = pos.get();
         let _ = easy.upload(false);
         if let Err(e) = r {
             return Err(self.fail(&format!("PUT ({range})"), easy, &e));

@@ -126,6 +126,10 @@ pub struct Settings {
     pub unix_socket_path: Option<String>,
     pub user: Option<String>,
     pub user_agent: Option<String>,
+    /// `-D curl.verbose=1`: libcurl's own trace on stderr.
+    pub debug_verbose: bool,
+    /// `-D curl.scripts=1`: log what the header and cookie scripts printed.
+    pub debug_scripts: bool,
 }
 
 impl Default for Settings {
@@ -162,6 +166,8 @@ impl Default for Settings {
             unix_socket_path: None,
             user: None,
             user_agent: None,
+            debug_verbose: false,
+            debug_scripts: false,
         }
     }
 }
@@ -346,6 +352,18 @@ impl Plugin for CurlPlugin {
 
     fn callbacks(&self) -> &'static [&'static str] {
         CALLBACKS
+    }
+
+    fn debug_flag(&mut self, flag: &str, value: &str) -> Result<bool> {
+        let on = || -> Result<bool> {
+            Ok(parse_unsigned(&format!("-D curl.{flag}"), value, u64::from(u32::MAX))? > 0)
+        };
+        match flag {
+            "verbose" => self.settings.debug_verbose = on()?,
+            "scripts" => self.settings.debug_scripts = on()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {

@@ -640,3 +640,28 @@ fn curl_unix_socket_path() {
     let s = Server::start(&["-r", "curl", "http://localhost/disk.img", &arg]);
     assert_same(&read_all(&s.uri()), &data, "unix-socket-path");
 }
+
+#[test]
+fn curl_debug_flags() {
+    let web = WebServer::start(pseudo_random(4096, 27), WebOptions::default());
+    let mut s = Server::start(&[
+        "-v",
+        "-D",
+        "curl.scripts=1",
+        "-D",
+        "curl.verbose=1",
+        "-r",
+        "curl",
+        &web.url(),
+        "header-script=echo 'X-Debug-Me: 42'",
+    ]);
+    assert_eq!(nbdinfo(&["--size", &s.uri()]).trim(), "4096");
+    s.stop();
+    let err = s.stderr();
+    assert!(
+        err.contains("header-script: X-Debug-Me: 42"),
+        "stderr:\n{err}"
+    );
+    // libcurl's own trace shows the request it sent.
+    assert!(err.contains("> HEAD /disk.img"), "stderr:\n{err}");
+}

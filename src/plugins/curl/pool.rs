@@ -219,6 +219,9 @@ impl Pool {
         let mut e = Easy::new();
         let w = |what: &'static str| move |err: curl::Error| setopt_err(what, err);
         e.signal(false).map_err(w("nosignal"))?;
+        if s.debug_verbose {
+            e.verbose(true).map_err(w("verbose"))?;
+        }
         e.url(&s.url).map_err(w("url"))?;
         e.fail_on_error(true).map_err(w("failonerror"))?;
         e.follow_location(s.followlocation)

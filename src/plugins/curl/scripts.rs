@@ -65,6 +65,7 @@ impl Script {
 pub struct Scripts {
     url: String,
     any: bool,
+    debug: bool,
     inner: Mutex<Inner>,
 }
 
@@ -88,6 +89,7 @@ impl Scripts {
         Scripts {
             url: s.url.clone(),
             any: s.header_script.is_some() || s.cookie_script.is_some(),
+            debug: s.debug_scripts,
             inner: Mutex::new(Inner {
                 header: script(&s.header_script, s.header_script_renew),
                 cookie: script(&s.cookie_script, s.cookie_script_renew),
@@ -124,15 +126,26 @@ impl Scripts {
                 "curl: header-script printed {} headers",
                 list.len()
             ));
+            if self.debug {
+                for h in &list {
+                    crate::log::debug(format!("curl: header-script: {h}"));
+                }
+            }
             headers = Some(list);
         }
         if let Some(c) = inner.cookie.as_mut().filter(|c| c.due(now)) {
             let out = c.run("cookie-script", &self.url)?;
-            cookie = Some(
-                out.lines()
-                    .next()
-                    .map(|l| l.trim_end_matches('\r').to_string()),
-            );
+            let first = out
+                .lines()
+                .next()
+                .map(|l| l.trim_end_matches('\r').to_string());
+            if self.debug {
+                crate::log::debug(format!(
+                    "curl: cookie-script: {}",
+                    first.as_deref().unwrap_or("")
+                ));
+            }
+            cookie = Some(first);
         }
         if headers.is_some() || cookie.is_some() {
             let old = &inner.current;

@@ -665,3 +665,54 @@ fn curl_debug_flags() {
     // libcurl's own trace shows the request it sent.
     assert!(err.contains("> HEAD /disk.img"), "stderr:\n{err}");
 }
+
+#[test]
+fn curl_proxy_with_credentials() {
+    // Our web server answers any path, so it can stand in for an HTTP
+    // proxy: the request line then carries the full URL.
+    let data = pseudo_random(40_000, 28);
+    let proxy = WebServer::start(data.clone(), WebOptions::default());
+    let s = Server::start(&[
+        "-r",
+        "curl",
+        "http://far.invalid/disk.img",
+        &format!("proxy=http://127.0.0.1:{}", proxy.port()),
+        "proxy-user=pu",
+        "proxy-password=pp",
+        "tcp-keepalive=true",
+        "tcp-nodelay=false",
+    ]);
+    assert_same(&read_all(&s.uri()), &data, "through a proxy");
+    let seen = proxy.seen();
+    assert_eq!(seen[0].path, "http://far.invalid/disk.img");
+    assert_eq!(
+        seen[0]
+            .headers
+            .get("proxy-authorization")
+            .map(String::as_str),
+        Some("Basic cHU6cHA=")
+    );
+}
+
+#[test]
+fn curl_tls_options() {
+    let web = Lighttpd::start_https();
+    let data = pseudo_random(300_000, 29);
+    web.write("disk.img", &data);
+    let cainfo = format!("cainfo={}", web.cert().display());
+    let url = web.url_on("localhost", "disk.img");
+    for extra in [
+        "ssl-version=tlsv1.2",
+        "tls13-ciphers=TLS_AES_128_GCM_SHA256",
+        "ssl-cipher-list=ECDHE-RSA-AES128-GCM-SHA256",
+        "http-version=2TLS",
+        "http-version=1.1",
+    ] {
+        let s = Server::start(&["-r", "curl", &url, &cainfo, extra]);
+        assert_same(&read_all(&s.uri()), &data, extra);
+    }
+    // A cipher list nobody offers fails at open, not later.
+    let s = Server::start(&["-r", "curl", &url, &cainfo, "ssl-cipher-list=NOSUCHCIPHER"]);
+    let o = python_any(&s.uri(), "print(h.get_size())", &[]);
+    assert!(!o.status.success(), "a bogus cipher list worked");
+}

@@ -15,6 +15,7 @@ UNITS = {
     "copy.null4G": ("MiB/s", True),
     "file.randread4k.qd32": ("IOPS", True),
     "start.to_run_us": ("us to --run", False),
+    "curl.http.copy": ("MiB/s", True),
 }
 
 

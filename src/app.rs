@@ -368,6 +368,11 @@ fn check_debug_flags(o: &Options, chain: &mut Chain) -> Result<()> {
         for x in chain.filters.iter_mut().filter(|x| x.name() == module) {
             claimed |= x.debug_flag(f, &flag[module.len() + f.len() + 2..])?;
         }
+        if module == chain.plugin.name() {
+            claimed |= chain
+                .plugin
+                .debug_flag(f, &flag[module.len() + f.len() + 2..])?;
+        }
         if claimed {
             continue;
         }

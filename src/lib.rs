@@ -18,6 +18,7 @@ pub mod filters;
 pub mod layers;
 pub mod log;
 pub mod parse;
+pub mod password;
 pub mod plugin;
 pub mod plugins;
 pub mod protocol;

@@ -161,6 +161,12 @@ pub trait Plugin: Send + Sync {
         Ok(())
     }
 
+    /// `-D NAME.FLAG=VALUE` for this plugin: return `Ok(true)` if `flag` is
+    /// one of its debug flags (nbdkit's `NAME_debug_FLAG` variables).
+    fn debug_flag(&mut self, _flag: &str, _value: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Extra `key=value` lines for `--dump-plugin`.
     fn dump_plugin(&self) -> Vec<String> {
         Vec::new()

@@ -1,6 +1,7 @@
 //! Built-in plugins, one file each, and the registry that creates them by
 //! name.
 
+pub mod curl;
 pub mod example1;
 pub mod file;
 pub mod memory;
@@ -9,11 +10,12 @@ pub mod null;
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
-pub const NAMES: &[&str] = &["example1", "file", "memory", "null"];
+pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "null"];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
 pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
     match name {
+        "curl" => Some(Box::new(curl::CurlPlugin::new())),
         "example1" => Some(Box::new(example1::Example1Plugin::new())),
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),

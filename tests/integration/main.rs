@@ -13,6 +13,7 @@ mod clients;
 mod concurrency;
 mod cow;
 mod curl;
+mod curl_filters;
 mod decomp;
 mod example1;
 mod file;

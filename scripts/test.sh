@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 # pkg-config and the -dev packages, xz2 and flate2 link the system liblzma
 # and zlib (without them the crates build bundled copies; bzip2-sys always
 # does here, as Debian's libbz2-dev has no pkg-config file).
+# lighttpd (and openssl, for its test certificate) serve the curl
+# plugin's tests; libcurl4-openssl-dev is what the curl crate links.
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
-      xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev)
+      xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
+      lighttpd openssl libcurl4-openssl-dev libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

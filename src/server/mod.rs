@@ -72,7 +72,7 @@ pub struct Server {
 
 /// How long a prompt stop waits for in-flight replies before it closes the
 /// connections' write sides as well.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The live connections, so shutdown can wake and wait for them.
 #[derive(Default)]

@@ -7,13 +7,20 @@
 //! [`take_stdio`] keeps private copies of fds 0 and 1 before the server
 //! points them at /dev/null (plugins must not read the client's bytes); the
 //! connection then runs in the calling thread.  A stop request shuts down
-//! reading on the client socket, as for listened-on connections.
+//! reading on the client socket, as for listened-on connections; a reply
+//! still being written after the grace period gets both sides shut down,
+//! and a write stuck on a full pipe ends the process a second later.
 
 use crate::error::{Error, Result};
 use crate::server::listen::{Shared, Stream};
 use crate::server::{connection, peer, quit, timeout, Server};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when the connection has ended: from then on the stop watcher leaves
+/// the process to finish (plugins' cleanup) on its own.
+static DONE: AtomicBool = AtomicBool::new(false);
 
 /// Keep close-on-exec copies of stdin and stdout for the connection.
 pub fn take_stdio() -> Result<Stream> {
@@ -55,6 +62,29 @@ pub fn serve(server: &Server, stream: Stream) -> Result<()> {
                 input.as_fd().as_raw_fd(),
                 nix::sys::socket::Shutdown::Read,
             );
+            // A reply still being written after the grace period is going
+            // to a client that stopped reading: close the write side too
+            // (stdout may be a socket of its own), which fails the write.
+            std::thread::sleep(crate::server::SHUTDOWN_GRACE);
+            if DONE.load(Ordering::Acquire) {
+                return;
+            }
+            crate::log::debug("shutting down: closing the connection still writing");
+            let output = match input.stream() {
+                Stream::Stdio { output, .. } => output.as_fd().as_raw_fd(),
+                other => other.as_fd().as_raw_fd(),
+            };
+            for fd in [input.as_fd().as_raw_fd(), output] {
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+            }
+            // Pipes and files cannot be shut down: a write blocked on a full
+            // pipe would hold the process forever.  Give up on it.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if DONE.load(Ordering::Acquire) {
+                return;
+            }
+            crate::log::error("the client is not reading its replies: exiting");
+            std::process::exit(0);
         });
     let name = format!("{}[1]", server.stack.plugin.name());
     crate::log::set_thread_context(Some(name));
@@ -65,6 +95,7 @@ pub fn serve(server: &Server, stream: Stream) -> Result<()> {
     peer::set_current(Some(peer));
     timeout::arm(server.timeout, socket.clone());
     connection::handle(server, reader, writer, socket);
+    DONE.store(true, Ordering::Release);
     crate::log::debug("connection closed");
     crate::log::set_thread_context(None);
     Ok(())

@@ -27,7 +27,10 @@ fn raise_nofile(want: u64) {
 /// Connect and negotiate the default export with NBD_OPT_GO (fixed
 /// newstyle, no zeroes, simple replies).
 fn handshake(sock: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(sock).expect("connect");
+    handshake_on(UnixStream::connect(sock).expect("connect"))
+}
+
+fn handshake_on(mut s: UnixStream) -> UnixStream {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut greet = [0u8; 18];
     s.read_exact(&mut greet).expect("greeting");
@@ -188,6 +191,52 @@ fn sigterm_with_a_client_that_never_reads_replies() {
             "server still running 5 s after SIGTERM\n{}",
             srv.stderr()
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+}
+
+#[test]
+fn sigterm_in_single_mode_with_a_client_that_never_reads_replies() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let stdout = theirs.try_clone().unwrap();
+    let mut child = nbdkit()
+        .args(["-s", "memory", "64M"])
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            stdout,
+        )))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nbdkit -s");
+    let mut c = handshake_on(ours);
+    c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..64u64 {
+        if c.write_all(&read_request(i, (i % 64) << 20, 1 << 20))
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "nbdkit -s exited early"
+    );
+    kill_group(child.id(), libc::SIGTERM);
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.code().is_some(), "killed by a signal: {st:?}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            kill_group(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            panic!("nbdkit -s still running 5 s after SIGTERM");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);

@@ -533,7 +533,7 @@ fn bind(o: &Options, private: Option<&PrivateDir>) -> Result<(Vec<Listener>, End
             UnixSocket::Private => private.expect("private dir exists for -U -").socket_path(),
         };
         let l = listen::bind_unix(&path)?;
-        return Ok((vec![l], Endpoint::Unix(path.display().to_string())));
+        return Ok((vec![l], Endpoint::Unix(path)));
     }
     if o.vsock {
         let port = match &o.port {
@@ -592,8 +592,8 @@ fn run_vars(o: &Options, endpoint: &Endpoint, uri: &str, tls: Option<&Tls>) -> R
             _ => String::new(),
         },
         unixsocket: match endpoint {
-            Endpoint::Unix(p) => p.clone(),
-            _ => String::new(),
+            Endpoint::Unix(p) => p.clone().into_os_string(),
+            _ => std::ffi::OsString::new(),
         },
     }
 }

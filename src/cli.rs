@@ -301,14 +301,21 @@ where
                 continue;
             }
         };
-        let value = if takes_value {
-            let v = parser
-                .value()
-                .map_err(|_| Error::config(format!("option '{spelled}' requires an argument")))?;
-            Some(os_to_string(v)?)
-        } else {
-            None
+        let raw =
+            if takes_value {
+                Some(parser.value().map_err(|_| {
+                    Error::config(format!("option '{spelled}' requires an argument"))
+                })?)
+            } else {
+                None
+            };
+        // Paths (-U, -P) may be any bytes, as in C; the rest is text.
+        let is_path = matches!(opt, Opt::Unix | Opt::Pidfile);
+        let value = match &raw {
+            Some(v) if !is_path => Some(os_to_string(v.clone())?),
+            _ => None,
         };
+        let raw_path = || PathBuf::from(raw.clone().unwrap_or_default());
         let value = || value.clone().unwrap_or_default();
         match opt {
             Opt::Ipv4 => o.family = Family::V4,
@@ -361,7 +368,7 @@ where
             Opt::Oldstyle => o.oldstyle = true,
             Opt::NoMc => o.no_mc = true,
             Opt::NoSr => o.no_sr = true,
-            Opt::Pidfile => o.pidfile = Some(absolute(&value())?),
+            Opt::Pidfile => o.pidfile = Some(absolute_path(raw_path())?),
             Opt::Port => o.port = Some(value()),
             Opt::PrintUri => o.print_uri = true,
             Opt::Readonly => o.readonly = true,
@@ -385,11 +392,11 @@ where
             Opt::TlsPsk => o.tls_psk = Some(value()),
             Opt::TlsVerifyPeer => o.tls_verify_peer = true,
             Opt::Unix => {
-                let v = value();
-                o.unix = Some(if v == "-" {
+                let v = raw_path();
+                o.unix = Some(if v.as_os_str() == "-" {
                     UnixSocket::Private
                 } else {
-                    UnixSocket::Path(absolute(&v)?)
+                    UnixSocket::Path(absolute_path(v)?)
                 });
             }
             Opt::User => o.user = Some(value()),
@@ -416,10 +423,14 @@ fn parse_tls(s: &str) -> Result<TlsMode> {
 /// Make a path absolute against the current directory (without resolving
 /// symlinks, as nbdkit does for `-U` and `-P`).
 pub fn absolute(p: &str) -> Result<PathBuf> {
-    if p.is_empty() {
+    absolute_path(PathBuf::from(p))
+}
+
+/// [`absolute`] for a path of any bytes.
+pub fn absolute_path(path: PathBuf) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
         return Err(Error::config("path must not be empty"));
     }
-    let path = PathBuf::from(p);
     if path.is_absolute() {
         return Ok(path);
     }

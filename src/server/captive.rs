@@ -23,7 +23,7 @@
 //! default signal handling (nothing ignored).
 
 use crate::server::fork;
-use crate::server::uri::shell_quote;
+use crate::server::uri::{shell_quote, shell_quote_bytes};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signal::{sigaction, signal, SaFlags, SigAction, SigHandler, SigSet};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -159,7 +159,8 @@ pub struct RunVars {
     pub uri: String,
     pub exportname: String,
     pub port: String,
-    pub unixsocket: String,
+    /// `$unixsocket`: any bytes, as the path was given.
+    pub unixsocket: std::ffi::OsString,
     /// `$tls`: `None` (unset) when TLS is off, 1 when on, 2 when required.
     pub tls: Option<u8>,
     /// `$tls_certificates`, `$tls_psk`: the options as given, or empty.
@@ -168,13 +169,24 @@ pub struct RunVars {
 }
 
 /// The script handed to `/bin/sh -c`: variable assignments, then COMMAND.
-pub fn script(vars: &RunVars, command: &str) -> String {
+pub fn script(vars: &RunVars, command: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut s = Vec::new();
+    let text = script_text(vars, command);
+    // `unixsocket=` goes first: the path may be any bytes.
+    s.extend_from_slice(b"unixsocket=");
+    s.extend_from_slice(&shell_quote_bytes(vars.unixsocket.as_bytes()));
+    s.push(b'\n');
+    s.extend_from_slice(text.as_bytes());
+    std::ffi::OsString::from_vec(s)
+}
+
+fn script_text(vars: &RunVars, command: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!("uri={}\n", shell_quote(&vars.uri)));
     s.push_str("nbd=\"$uri\"\n");
     s.push_str(&format!("exportname={}\n", shell_quote(&vars.exportname)));
     s.push_str(&format!("port={}\n", shell_quote(&vars.port)));
-    s.push_str(&format!("unixsocket={}\n", shell_quote(&vars.unixsocket)));
     if let Some(tls) = vars.tls {
         s.push_str(&format!("tls={tls}\n"));
     }

@@ -2,22 +2,28 @@
 //! output), and shell quoting for the `--run` preamble.  Pure functions.
 
 use std::fmt::Write;
+use std::os::unix::ffi::OsStrExt;
 
 /// Where the server listens, as far as a URI is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// TCP: the port, if one was given or picked.
     Tcp(Option<u16>),
-    /// A Unix socket path.
-    Unix(String),
+    /// A Unix socket path (any bytes).
+    Unix(std::path::PathBuf),
     /// AF_VSOCK: the port, if one was given.
     Vsock(Option<u32>),
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters and `/`.
 pub fn percent_encode(s: &str) -> String {
+    percent_encode_bytes(s.as_bytes())
+}
+
+/// [`percent_encode`] for any bytes (a socket path need not be UTF-8).
+pub fn percent_encode_bytes(s: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
+    for &b in s {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
             out.push(b as char);
         } else {
@@ -57,7 +63,7 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> Strin
             let _ = write!(uri, "nbd{s}+unix://");
             push_export(&mut uri, exportname);
             uri.push_str("?socket=");
-            uri.push_str(&percent_encode(path));
+            uri.push_str(&percent_encode_bytes(path.as_os_str().as_bytes()));
             sep = '&';
         }
         Endpoint::Tcp(port) => {
@@ -97,19 +103,26 @@ fn push_export(uri: &mut String, exportname: &str) {
 /// same lines): bare when it is made only of letters, digits and `.-_=,:/`,
 /// otherwise in double quotes with `$`, `` ` ``, `\` and `"` escaped.
 pub fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || ".-_=,:/".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        return s.to_string();
+    // Quoting only adds ASCII around and inside UTF-8 input.
+    String::from_utf8(shell_quote_bytes(s.as_bytes())).unwrap_or_default()
+}
+
+/// [`shell_quote`] for any bytes: bytes that are not ASCII are passed
+/// through inside the quotes, as the shell reads them.
+pub fn shell_quote_bytes(s: &[u8]) -> Vec<u8> {
+    let safe = |c: u8| c.is_ascii_alphanumeric() || b".-_=,:/".contains(&c);
+    if !s.is_empty() && s.iter().all(|&c| safe(c)) {
+        return s.to_vec();
     }
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if matches!(c, '$' | '`' | '\\' | '"') {
-            out.push('\\');
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'"');
+    for &c in s {
+        if matches!(c, b'$' | b'`' | b'\\' | b'"') {
+            out.push(b'\\');
         }
         out.push(c);
     }
-    out.push('"');
+    out.push(b'"');
     out
 }
 
@@ -137,6 +150,15 @@ mod tests {
             make_uri(&ep, "", UriTls::Off),
             "nbd+unix://?socket=/tmp/work/my%20sock"
         );
+        // Any bytes: a path that is not UTF-8 is percent-encoded as is.
+        let ep = Endpoint::Unix(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+            b"/tmp/\xff\xfe/s",
+        )));
+        assert_eq!(
+            make_uri(&ep, "", UriTls::Off),
+            "nbd+unix://?socket=/tmp/%FF%FE/s"
+        );
+        assert_eq!(shell_quote_bytes(b"/tmp/\xff"), b"\"/tmp/\xff\"".to_vec());
     }
 
     #[test]

@@ -516,3 +516,32 @@ fn exit_with_parent_is_supported() {
     let out = run_ok(&["--dump-config"]);
     assert!(out.lines().any(|l| l == "exit_with_parent=yes"), "{out}");
 }
+
+#[test]
+fn a_socket_path_that_is_not_utf8_works() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = dir.path().as_os_str().as_bytes().to_vec();
+    raw.extend_from_slice(b"/sock\xff\xfe");
+    let sock = std::ffi::OsStr::from_bytes(&raw);
+    let o = run_cmd(
+        nbdkit()
+            .env("PATH", client_path())
+            .args([
+                std::ffi::OsStr::new("-U"),
+                sock,
+                "memory".as_ref(),
+                "1M".as_ref(),
+                "--run".as_ref(),
+                "nbdinfo --size \"$uri\"; printf '%s' \"$unixsocket\" > unixsocket; echo \"$uri\""
+                    .as_ref(),
+            ])
+            .current_dir(dir.path()),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit -U with a non-UTF-8 path");
+    let out = stdout_str(&o);
+    assert!(out.starts_with("1048576\n"), "{out}");
+    assert!(out.contains("sock%FF%FE"), "{out}");
+    assert_eq!(std::fs::read(dir.path().join("unixsocket")).unwrap(), raw);
+}

@@ -132,6 +132,53 @@ fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process
     }
 }
 
+/// After a forwarded signal: COMMAND has ended, but processes it started
+/// may live on (the shell died, its `sleep` did not).  nbdkit is their
+/// subreaper, so they are its children now: pass them the same signal, and
+/// SIGKILL after [`GRACE`] those still there, so nothing is left behind.
+fn stop_orphans(server: Pid, sig: Signal) {
+    let orphans = || -> Vec<Pid> {
+        let mut pids = Vec::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return pids;
+        };
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                pids.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                        .map(Pid::from_raw)
+                        .filter(|&p| p != server),
+                );
+            }
+        }
+        pids
+    };
+    let start = Instant::now();
+    let mut signalled = std::collections::HashSet::new();
+    loop {
+        let live = orphans();
+        for &pid in &live {
+            // Reap what has exited; signal what has not been signalled.
+            if !matches!(
+                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            ) {
+                continue;
+            }
+            if signalled.insert(pid) {
+                let _ = kill(pid, sig);
+            } else if start.elapsed() >= GRACE {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        if live.is_empty() || start.elapsed() >= GRACE + Duration::from_secs(1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Stop the server if it is still running and reap it.  After a signal,
 /// it gets [`SERVER_GRACE`] to finish before SIGKILL.
 fn stop_server(server: Pid) -> nix::Result<WaitStatus> {
@@ -207,6 +254,8 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
     if let Err(rc) = fork::wait_ready(server, ready) {
         return rc;
     }
+    // Orphans of COMMAND become our children, so a signal can reach them.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     let mut sh = Command::new("/bin/sh");
     sh.arg("-c").arg(script(vars, command));
     // SAFETY: the hook runs between fork and exec and only calls signal(2),
@@ -226,6 +275,9 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
             1
         }
     };
+    if let Ok(sig) = Signal::try_from(RECEIVED.load(Ordering::Relaxed)) {
+        stop_orphans(server, sig);
+    }
     match waitpid(server, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::StillAlive) => {
             let _ = stop_server(server);

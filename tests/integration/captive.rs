@@ -465,6 +465,20 @@ fn run_supervisor_signals() {
     }
 }
 
+/// The processes COMMAND started get the signal too: the shell dies of
+/// it and its `sleep` must not live on.
+#[test]
+fn run_supervisor_signal_reaches_the_commands_children() {
+    let (o, took, sleeper, server) = signal_captive(
+        libc::SIGTERM,
+        "sleep 30 & echo $! > '{c}.tmp'; mv '{c}.tmp' '{c}'; wait",
+    );
+    assert_no_panic(&o);
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert_gone(sleeper, "the command's child");
+    assert_gone(server, "server");
+}
+
 /// A COMMAND that traps the signal decides the exit status; one that
 /// ignores it is killed after the grace period, still within 5 s.
 #[test]

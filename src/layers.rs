@@ -437,16 +437,7 @@ impl Context for PluginContext {
         match self.can_cache()? {
             CacheMode::Native => self.handle.cache(count, offset),
             CacheMode::Emulate => {
-                let chunk = count.min(MAX_REQUEST_SIZE) as usize;
-                let mut buf = vec![0u8; chunk];
-                let (mut count, mut offset) = (count, offset);
-                while count > 0 {
-                    let n = count.min(chunk as u64) as usize;
-                    self.handle.pread(&mut buf[..n], offset)?;
-                    count -= n as u64;
-                    offset += n as u64;
-                }
-                Ok(())
+                emulate_cache(count, offset, |buf, off| self.handle.pread(buf, off))
             }
             CacheMode::None => Err(Error::new(Errno::EINVAL, "cache is not supported")),
         }
@@ -566,20 +557,31 @@ impl Context for Filtered {
         match self.can_cache()? {
             CacheMode::Native => self.0.cache(count, offset, flags),
             CacheMode::Emulate => {
-                let chunk = count.min(MAX_REQUEST_SIZE) as usize;
-                let mut buf = vec![0u8; chunk];
-                let (mut count, mut offset) = (count, offset);
-                while count > 0 {
-                    let n = count.min(chunk as u64) as usize;
-                    self.0.pread(&mut buf[..n], offset, 0)?;
-                    count -= n as u64;
-                    offset += n as u64;
-                }
-                Ok(())
+                emulate_cache(count, offset, |buf, off| self.0.pread(buf, off, 0))
             }
             CacheMode::None => Err(Error::new(Errno::EINVAL, "cache is not supported")),
         }
     }
+}
+
+/// Cache emulation (nbdkit's for a layer that answers `can_cache` with
+/// emulate): read `[offset, offset+count)` with `read`, in chunks of at
+/// most [`MAX_REQUEST_SIZE`], and drop the data.
+fn emulate_cache(
+    count: u64,
+    offset: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> Result<()>,
+) -> Result<()> {
+    let chunk = count.min(MAX_REQUEST_SIZE) as usize;
+    let mut buf = vec![0u8; chunk];
+    let (mut count, mut offset) = (count, offset);
+    while count > 0 {
+        let n = count.min(chunk as u64) as usize;
+        read(&mut buf[..n], offset)?;
+        count -= n as u64;
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// Print `NAME: what` when debugging (`-v`); `what` is only built then.

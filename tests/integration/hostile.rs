@@ -68,13 +68,18 @@ fn read_request(cookie: u64, offset: u64, len: u32) -> [u8; 28] {
     r
 }
 
-fn threads_of(pid: u32) -> usize {
+/// A number from `/proc/PID/status` (`Threads:`, `VmRSS:` in KiB, ...).
+fn status_number(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Threads: line")
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} line"))
+}
+
+fn threads_of(pid: u32) -> usize {
+    status_number(pid, "Threads:") as usize
 }
 
 #[test]
@@ -132,15 +137,6 @@ fn thousands_of_idle_clients_do_not_exhaust_threads() {
     srv.stop_ok();
 }
 
-fn rss_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("status line")
-}
-
 #[test]
 fn pipelined_large_reads_are_held_to_the_connection_budget() {
     let mut srv = Server::start(&["memory", "1G"]);
@@ -151,14 +147,14 @@ fn pipelined_large_reads_are_held_to_the_connection_budget() {
             .unwrap();
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let rss = rss_kib(srv.pid(), "VmRSS:");
+    let rss = status_number(srv.pid(), "VmRSS:");
     // Read every reply: all arrive, in full.
     let mut reply = vec![0u8; 16 + (64 << 20)];
     for _ in 0..32 {
         c.read_exact(&mut reply).expect("reply");
         assert_eq!(&reply[4..8], &[0, 0, 0, 0], "read failed");
     }
-    let peak = rss_kib(srv.pid(), "VmHWM:");
+    let peak = status_number(srv.pid(), "VmHWM:");
     // One connection may hold 256 MiB of large requests: far from the
     // 16 x 64 MiB its workers could otherwise fill.
     assert!(rss < 512 * 1024, "RSS {rss} KiB while replies were unread");

@@ -96,3 +96,43 @@ fn long_names_and_errors() {
     assert!(stderr_str(&o).contains("nope.img"), "{}", stderr_str(&o));
     crate::cli::expect_error(&["--filter=tar", "file", p.to_str().unwrap()], true);
 }
+
+/// `tar-limit` stops the search for the member; 0 means no limit.
+#[test]
+fn tar_limit_bounds_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_file(d, "big.bin", &vec![7u8; 1 << 20]);
+    write_file(d, "late.txt", b"after a megabyte\n");
+    tar(d, &["cf", "data.tar", "big.bin", "late.txt"]);
+    let tarfile = d.join("data.tar");
+    let tarfile = tarfile.to_str().unwrap();
+    let read_late = |limit: &str| {
+        let o = run_cmd(
+            nbdkit().env("PATH", client_path()).args([
+                "-r",
+                "-U",
+                "-",
+                "file",
+                tarfile,
+                "--filter=tar",
+                "tar-entry=late.txt",
+                limit,
+                "--run",
+                "nbdinfo --size \"$uri\"",
+            ]),
+            TIMEOUT,
+        );
+        assert_no_panic(&o);
+        o
+    };
+    for limit in ["tar-limit=0", "tar-limit=2M"] {
+        let o = read_late(limit);
+        assert_success(&o, limit);
+        assert_eq!(stdout_str(&o).trim(), "17", "{limit}");
+    }
+    // The member's header lies past the first 64 KiB: not found within it.
+    let o = read_late("tar-limit=64K");
+    assert!(!o.status.success(), "found past tar-limit=64K");
+    assert!(stderr_str(&o).contains("late.txt"), "{}", stderr_str(&o));
+}

@@ -131,9 +131,13 @@ where
         None if opts.single => (Vec::new(), None),
         None => bind(&opts, private_dir.as_ref()).map(|(l, e)| (l, Some(e)))?,
     };
-    let uri = endpoint
-        .as_ref()
-        .map(|e| make_uri(e, &opts.exportname, uri_tls(&opts, tls.as_deref())));
+    let uri = endpoint.as_ref().map(|e| {
+        make_uri(
+            e,
+            std::os::unix::ffi::OsStrExt::as_bytes(opts.exportname.as_os_str()),
+            uri_tls(&opts, tls.as_deref()),
+        )
+    });
     if let Some(uri) = &uri {
         log::debug(format!("NBD URI: {uri}"));
         if opts.print_uri {

@@ -66,7 +66,8 @@ pub struct Options {
     pub family: Family,
     pub debug_flags: Vec<String>,
     pub exit_with_parent: bool,
-    pub exportname: String,
+    /// `-e`: any bytes, as C nbdkit accepts (only `$exportname` and the URI use it).
+    pub exportname: OsString,
     pub filters: Vec<String>,
     pub foreground: bool,
     pub group: Option<String>,
@@ -98,8 +99,9 @@ pub struct Options {
     pub vsock: bool,
     /// The plugin name (first bare argument).
     pub plugin: Option<String>,
-    /// Plugin and filter parameters, in order (`key=value` or bare values).
-    pub params: Vec<String>,
+    /// Plugin and filter parameters, in order (`key=value` or bare values);
+    /// any bytes, so that paths need not be UTF-8.
+    pub params: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,9 +294,8 @@ where
                 (opt, arg, format!("--{name}"))
             }
             Arg::Value(v) => {
-                let v = os_to_string(v)?;
                 if o.plugin.is_none() {
-                    o.plugin = Some(v);
+                    o.plugin = Some(os_to_string(v)?);
                 } else {
                     o.params.push(v);
                 }
@@ -309,8 +310,9 @@ where
             } else {
                 None
             };
-        // Paths (-U, -P) may be any bytes, as in C; the rest is text.
-        let is_path = matches!(opt, Opt::Unix | Opt::Pidfile);
+        // Paths (-U, -P) and the export name may be any bytes, as in C;
+        // the rest is text.
+        let is_path = matches!(opt, Opt::Unix | Opt::Pidfile | Opt::ExportName);
         let value = match &raw {
             Some(v) if !is_path => Some(os_to_string(v.clone())?),
             _ => None,
@@ -338,7 +340,7 @@ where
             Opt::Version => o.action = Action::Version,
             Opt::ExitWithParent => o.exit_with_parent = true,
             Opt::ExportName => {
-                let name = value();
+                let name = raw.clone().unwrap_or_default();
                 if name.len() > crate::protocol::consts::NBD_MAX_STRING {
                     return Err(Error::config(format!(
                         "-e: export name is {} bytes long, the NBD protocol allows at most {}",
@@ -492,7 +494,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.plugin.as_deref(), Some("memory"));
-        assert_eq!(o.params, vec!["1M"]);
+        assert_eq!(o.params, vec![OsString::from("1M")]);
         assert_eq!(o.unix, Some(UnixSocket::Private));
         assert_eq!(o.filters, vec!["exitlast"]);
         assert_eq!(o.run.as_deref(), Some("true"));
@@ -512,7 +514,7 @@ mod tests {
     fn long_options_take_values_both_ways_and_prefixes() {
         let o = p(&["--filter", "a", "--filter=b", "--export-name=x", "null"]).unwrap();
         assert_eq!(o.filters, vec!["a", "b"]);
-        assert_eq!(o.exportname, "x");
+        assert_eq!(o.exportname, OsString::from("x"));
         let o = p(&["--read", "--exit-with", "null"]).unwrap();
         assert!(o.readonly && o.exit_with_parent);
         assert!(p(&["--no-", "null"])
@@ -524,7 +526,7 @@ mod tests {
     #[test]
     fn double_dash_ends_options() {
         let o = p(&["memory", "--", "-1"]).unwrap();
-        assert_eq!(o.params, vec!["-1"]);
+        assert_eq!(o.params, vec![OsString::from("-1")]);
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub trait Filter: Send + Sync {
         Ok(false)
     }
 
+    /// [`Filter::config`] for a value that may be any bytes.  The default
+    /// offers UTF-8 values to `config` and passes the rest on (a filter that
+    /// takes paths overrides it).
+    fn config_os(&mut self, key: &str, value: &std::ffi::OsStr) -> Result<bool> {
+        match value.to_str() {
+            Some(v) => self.config(key, v),
+            None => Ok(false),
+        }
+    }
+
     fn config_complete(&mut self) -> Result<()> {
         Ok(())
     }

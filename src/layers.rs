@@ -26,6 +26,8 @@ use crate::plugin::{
 };
 use crate::server::peer::Peer;
 use nix::errno::Errno;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
 /// Flags passed down the chain with data calls (nbdkit's `NBDKIT_FLAG_*`).
@@ -87,6 +89,14 @@ pub trait Backend: Send + Sync {
 
 /// Is `key` a valid parameter key (starts with an ASCII letter; letters,
 /// digits, `.`, `_`, `-` only)?
+/// The error for a parameter value that is not UTF-8 where text is needed.
+pub fn not_utf8(key: &str, value: &OsStr) -> Error {
+    Error::config(format!(
+        "{key}: value is not valid UTF-8: {}",
+        value.to_string_lossy()
+    ))
+}
+
 pub fn is_config_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
@@ -104,28 +114,36 @@ impl Chain {
     /// Hand one command-line parameter to the layers: `key=value` goes to
     /// the outermost layer that claims the key; a bare value is the plugin's
     /// magic parameter.
-    pub fn config_param(&mut self, param: &str) -> Result<()> {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) if is_config_key(k) => (k.to_string(), v),
-            _ => match self.plugin.magic_config_key() {
+    pub fn config_param(&mut self, param: impl AsRef<OsStr>) -> Result<()> {
+        let param = param.as_ref();
+        let bytes = param.as_bytes();
+        let split = bytes.iter().position(|&b| b == b'=').and_then(|i| {
+            let key = std::str::from_utf8(&bytes[..i]).ok()?;
+            is_config_key(key).then(|| (key.to_string(), OsStr::from_bytes(&bytes[i + 1..])))
+        });
+        let (key, value) = match split {
+            Some(kv) => kv,
+            None => match self.plugin.magic_config_key() {
                 Some(magic) => (magic.to_string(), param),
                 None => {
                     return Err(Error::config(format!(
-                        "expecting key=value on the command line but got: {param}"
+                        "expecting key=value on the command line but got: {}",
+                        param.to_string_lossy()
                     )))
                 }
             },
         };
+        let shown = value.to_string_lossy();
         for f in &mut self.filters {
-            trace(f.name(), || format!("config key={key}, value={value}"));
-            if f.config(&key, value)? {
+            trace(f.name(), || format!("config key={key}, value={shown}"));
+            if f.config_os(&key, value)? {
                 return Ok(());
             }
         }
         trace(self.plugin.name(), || {
-            format!("config key={key}, value={value}")
+            format!("config key={key}, value={shown}")
         });
-        self.plugin.config(&key, value).map_err(|e| {
+        self.plugin.config_os(&key, value).map_err(|e| {
             if e.message().starts_with("unknown parameter") {
                 let mut layers: Vec<&str> = self.filters.iter().map(|f| f.name()).collect();
                 layers.push(self.plugin.name());

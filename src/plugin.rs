@@ -155,6 +155,16 @@ pub trait Plugin: Send + Sync {
         Err(Error::config(format!("unknown parameter '{key}'")))
     }
 
+    /// Accept one parameter whose value may be any bytes (as a path may be).
+    /// The default hands UTF-8 values to [`Plugin::config`] and refuses the
+    /// rest; plugins taking paths override it.
+    fn config_os(&mut self, key: &str, value: &std::ffi::OsStr) -> Result<()> {
+        match value.to_str() {
+            Some(v) => self.config(key, v),
+            None => Err(crate::layers::not_utf8(key, value)),
+        }
+    }
+
     /// Called once all parameters are in: check that the configuration is
     /// complete and consistent (required parameters present, files exist).
     fn config_complete(&mut self) -> Result<()> {

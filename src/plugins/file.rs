@@ -58,10 +58,10 @@ pub struct FilePlugin {
 }
 
 /// Canonical absolute path of `value` (nbdkit_realpath).
-fn realpath(value: &str) -> Result<PathBuf> {
+fn realpath(value: &std::ffi::OsStr) -> Result<PathBuf> {
     std::fs::canonicalize(value).map_err(|e| {
         let errno = e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO);
-        Error::os(errno, format!("realpath: {value}"))
+        Error::os(errno, format!("realpath: {}", value.to_string_lossy()))
     })
 }
 
@@ -222,10 +222,23 @@ impl Plugin for FilePlugin {
         CALLBACKS
     }
 
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+    fn config_os(&mut self, key: &str, value: &std::ffi::OsStr) -> Result<()> {
+        // Paths may be any bytes, as in C nbdkit.
         match key {
             "file" => self.file = Some(realpath(value)?),
             "dir" | "directory" => self.dir = Some(realpath(value)?),
+            _ => match value.to_str() {
+                Some(v) => self.config(key, v)?,
+                None => return Err(crate::layers::not_utf8(key, value)),
+            },
+        }
+        Ok(())
+    }
+
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "file" => self.file = Some(realpath(value.as_ref())?),
+            "dir" | "directory" => self.dir = Some(realpath(value.as_ref())?),
             "fd" => self.fd = Some(parse_fd(key, value)?),
             "dirfd" => self.dirfd = Some(parse_fd(key, value)?),
             "cache" => {

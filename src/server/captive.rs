@@ -204,7 +204,8 @@ fn stop_server(server: Pid) -> nix::Result<WaitStatus> {
 #[derive(Debug, Clone, Default)]
 pub struct RunVars {
     pub uri: String,
-    pub exportname: String,
+    /// `$exportname`: any bytes, as `-e` gave it.
+    pub exportname: std::ffi::OsString,
     pub port: String,
     /// `$unixsocket`: any bytes, as the path was given.
     pub unixsocket: std::ffi::OsString,
@@ -220,9 +221,11 @@ pub fn script(vars: &RunVars, command: &str) -> std::ffi::OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let mut s = Vec::new();
     let text = script_text(vars, command);
-    // `unixsocket=` goes first: the path may be any bytes.
+    // `unixsocket=` and `exportname=` go first: they may be any bytes.
     s.extend_from_slice(b"unixsocket=");
     s.extend_from_slice(&shell_quote_bytes(vars.unixsocket.as_bytes()));
+    s.extend_from_slice(b"\nexportname=");
+    s.extend_from_slice(&shell_quote_bytes(vars.exportname.as_bytes()));
     s.push(b'\n');
     s.extend_from_slice(text.as_bytes());
     std::ffi::OsString::from_vec(s)
@@ -232,7 +235,6 @@ fn script_text(vars: &RunVars, command: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!("uri={}\n", shell_quote(&vars.uri)));
     s.push_str("nbd=\"$uri\"\n");
-    s.push_str(&format!("exportname={}\n", shell_quote(&vars.exportname)));
     s.push_str(&format!("port={}\n", shell_quote(&vars.port)));
     if let Some(tls) = vars.tls {
         s.push_str(&format!("tls={tls}\n"));

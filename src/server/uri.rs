@@ -54,7 +54,7 @@ pub enum UriTls<'a> {
 /// the local machine), or with TLS required
 /// `nbds+unix://?socket=PATH&tls-certificates=DIR`,
 /// `nbds://localhost[:PORT][/NAME]?tls-psk-file=FILE` and so on.
-pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> String {
+pub fn make_uri(endpoint: &Endpoint, exportname: &[u8], tls: UriTls<'_>) -> String {
     let s = if tls == UriTls::Off { "" } else { "s" };
     let mut uri = String::new();
     let mut sep = '?';
@@ -92,10 +92,10 @@ pub fn make_uri(endpoint: &Endpoint, exportname: &str, tls: UriTls<'_>) -> Strin
     uri
 }
 
-fn push_export(uri: &mut String, exportname: &str) {
+fn push_export(uri: &mut String, exportname: &[u8]) {
     if !exportname.is_empty() {
         uri.push('/');
-        uri.push_str(&percent_encode(exportname));
+        uri.push_str(&percent_encode_bytes(exportname));
     }
 }
 
@@ -134,20 +134,20 @@ mod tests {
     fn unix_uris() {
         let ep = Endpoint::Unix("/tmp/nbdkitAbc/socket".into());
         assert_eq!(
-            make_uri(&ep, "", UriTls::Off),
+            make_uri(&ep, b"", UriTls::Off),
             "nbd+unix://?socket=/tmp/nbdkitAbc/socket"
         );
         assert_eq!(
-            make_uri(&ep, "foo", UriTls::Off),
+            make_uri(&ep, b"foo", UriTls::Off),
             "nbd+unix:///foo?socket=/tmp/nbdkitAbc/socket"
         );
         assert_eq!(
-            make_uri(&ep, "a b/c?d&e%", UriTls::Off),
+            make_uri(&ep, b"a b/c?d&e%", UriTls::Off),
             "nbd+unix:///a%20b/c%3Fd%26e%25?socket=/tmp/nbdkitAbc/socket"
         );
         let ep = Endpoint::Unix("/tmp/work/my sock".into());
         assert_eq!(
-            make_uri(&ep, "", UriTls::Off),
+            make_uri(&ep, b"", UriTls::Off),
             "nbd+unix://?socket=/tmp/work/my%20sock"
         );
         // Any bytes: a path that is not UTF-8 is percent-encoded as is.
@@ -155,7 +155,7 @@ mod tests {
             b"/tmp/\xff\xfe/s",
         )));
         assert_eq!(
-            make_uri(&ep, "", UriTls::Off),
+            make_uri(&ep, b"", UriTls::Off),
             "nbd+unix://?socket=/tmp/%FF%FE/s"
         );
         assert_eq!(shell_quote_bytes(b"/tmp/\xff"), b"\"/tmp/\xff\"".to_vec());
@@ -164,15 +164,15 @@ mod tests {
     #[test]
     fn tcp_uris() {
         assert_eq!(
-            make_uri(&Endpoint::Tcp(Some(10999)), "", UriTls::Off),
+            make_uri(&Endpoint::Tcp(Some(10999)), b"", UriTls::Off),
             "nbd://localhost:10999"
         );
         assert_eq!(
-            make_uri(&Endpoint::Tcp(Some(10999)), "foo", UriTls::Off),
+            make_uri(&Endpoint::Tcp(Some(10999)), b"foo", UriTls::Off),
             "nbd://localhost:10999/foo"
         );
         assert_eq!(
-            make_uri(&Endpoint::Tcp(None), "", UriTls::Off),
+            make_uri(&Endpoint::Tcp(None), b"", UriTls::Off),
             "nbd://localhost"
         );
     }
@@ -181,19 +181,19 @@ mod tests {
     fn tls_uris() {
         let unix = Endpoint::Unix("/tmp/s".into());
         assert_eq!(
-            make_uri(&unix, "", UriTls::Certificates("/my pki")),
+            make_uri(&unix, b"", UriTls::Certificates("/my pki")),
             "nbds+unix://?socket=/tmp/s&tls-certificates=/my%20pki"
         );
         assert_eq!(
-            make_uri(&unix, "d", UriTls::PskFile("keys.psk")),
+            make_uri(&unix, b"d", UriTls::PskFile("keys.psk")),
             "nbds+unix:///d?socket=/tmp/s&tls-psk-file=keys.psk"
         );
         assert_eq!(
-            make_uri(&Endpoint::Tcp(Some(10999)), "d", UriTls::PskFile("/k")),
+            make_uri(&Endpoint::Tcp(Some(10999)), b"d", UriTls::PskFile("/k")),
             "nbds://localhost:10999/d?tls-psk-file=/k"
         );
         assert_eq!(
-            make_uri(&Endpoint::Tcp(None), "", UriTls::Required),
+            make_uri(&Endpoint::Tcp(None), b"", UriTls::Required),
             "nbds://localhost"
         );
     }
@@ -201,11 +201,11 @@ mod tests {
     #[test]
     fn vsock_uris() {
         assert_eq!(
-            make_uri(&Endpoint::Vsock(Some(4294967295)), "", UriTls::Off),
+            make_uri(&Endpoint::Vsock(Some(4294967295)), b"", UriTls::Off),
             "nbd+vsock://1:4294967295"
         );
         assert_eq!(
-            make_uri(&Endpoint::Vsock(None), "a b", UriTls::Off),
+            make_uri(&Endpoint::Vsock(None), b"a b", UriTls::Off),
             "nbd+vsock://1/a%20b"
         );
     }

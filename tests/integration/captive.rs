@@ -559,3 +559,86 @@ fn a_socket_path_that_is_not_utf8_works() {
     assert!(out.contains("sock%FF%FE"), "{out}");
     assert_eq!(std::fs::read(dir.path().join("unixsocket")).unwrap(), raw);
 }
+
+/// `-e` takes any bytes, as C nbdkit does: `$exportname` holds them as
+/// given and `$uri` percent-encodes them.
+#[test]
+fn an_export_name_that_is_not_utf8_reaches_run() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_cmd(
+        nbdkit()
+            .args([
+                std::ffi::OsStr::new("-e"),
+                std::ffi::OsStr::from_bytes(b"a\xffb c"),
+                "memory".as_ref(),
+                "1M".as_ref(),
+                "--run".as_ref(),
+                "printf '%s' \"$exportname\" > exportname; echo \"$uri\"".as_ref(),
+            ])
+            .current_dir(dir.path()),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit -e with a non-UTF-8 name");
+    let out = stdout_str(&o);
+    assert!(out.starts_with("nbd+unix:///a%FFb%20c?socket="), "{out}");
+    assert_eq!(
+        std::fs::read(dir.path().join("exportname")).unwrap(),
+        b"a\xffb c"
+    );
+}
+
+/// `file=` takes a path that is any bytes; other parameters must be text
+/// and say so.
+#[test]
+fn a_file_path_that_is_not_utf8_is_served() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = dir.path().as_os_str().as_bytes().to_vec();
+    raw.extend_from_slice(b"/disk\xfe");
+    let path = std::ffi::OsStr::from_bytes(&raw);
+    std::fs::write(path, vec![7u8; 65536]).unwrap();
+    let mut param = b"file=".to_vec();
+    param.extend_from_slice(&raw);
+    let o = run_cmd(
+        nbdkit().env("PATH", client_path()).args([
+            "-U".as_ref(),
+            "-".as_ref(),
+            "file".as_ref(),
+            std::ffi::OsStr::from_bytes(&param),
+            "--run".as_ref(),
+            std::ffi::OsStr::new("nbdinfo --size \"$uri\""),
+        ]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit file= with a non-UTF-8 path");
+    assert_eq!(stdout_str(&o), "65536\n");
+    // The bare (magic) form as well.
+    let o = run_cmd(
+        nbdkit().env("PATH", client_path()).args([
+            "-U".as_ref(),
+            "-".as_ref(),
+            "file".as_ref(),
+            path,
+            "--run".as_ref(),
+            std::ffi::OsStr::new("nbdinfo --size \"$uri\""),
+        ]),
+        TIMEOUT,
+    );
+    assert_success(&o, "nbdkit file PATH with a non-UTF-8 path");
+    let o = run_cmd(
+        nbdkit().args([
+            "-U".as_ref(),
+            "-".as_ref(),
+            "memory".as_ref(),
+            std::ffi::OsStr::from_bytes(b"size=1\xff"),
+        ]),
+        TIMEOUT,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr_str(&o);
+    assert!(
+        err.starts_with("nbdkit: error: size: value is not valid UTF-8"),
+        "{err}"
+    );
+}

@@ -195,7 +195,7 @@ impl NbdPlugin {
                         e.message()
                     ));
                     tries_left -= 1;
-                    std::thread::sleep(Duration::from_secs(1));
+                    crate::server::quit::sleep(Duration::from_secs(1))?;
                 }
                 Err(e) => return Err(e),
             }

@@ -95,6 +95,9 @@ impl Connection {
 
 fn reader_loop(s: &Shared) {
     let mut deadline: Option<Instant> = None;
+    // A prompt stop of the server cuts the connection, so that requests
+    // waiting for a slow remote server end at once (with an error).
+    let mut quit = Some(crate::server::quit::fd());
     loop {
         if deadline.is_none() && s.closing.load(Ordering::Acquire) {
             deadline = Some(Instant::now() + CLOSE_GRACE);
@@ -110,8 +113,12 @@ fn reader_loop(s: &Shared) {
             }
             None => -1,
         };
-        match s.nbd.poll_once(s.wake_r.as_fd(), timeout) {
+        match s.nbd.poll_once(s.wake_r.as_fd(), quit, timeout) {
             Ok(Polled::Finished) => break,
+            Ok(Polled::Quit) => {
+                crate::log::debug("nbd: server stopping, closing the remote connection");
+                quit = None;
+            }
             Ok(Polled::Woken) => s.drain(),
             Ok(Polled::Progress) => {}
             Err(e) => {

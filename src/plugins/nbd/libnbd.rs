@@ -366,6 +366,8 @@ pub enum Polled {
     Progress,
     /// The wake-up descriptor was readable.
     Woken,
+    /// The quit descriptor was readable: the connection was cut.
+    Quit,
 }
 
 impl Nbd {
@@ -730,9 +732,15 @@ impl Nbd {
     }
 
     /// Wait (up to `timeout_ms`, -1 = forever) for the socket to be ready
-    /// in the direction the state machine wants, or for `wake` to be
-    /// readable, and move the state machine on.
-    pub fn poll_once(&self, wake: BorrowedFd<'_>, timeout_ms: c_int) -> Result<Polled> {
+    /// in the direction the state machine wants, for `wake` to be readable
+    /// or for `quit` (if given) to be readable, and move the state machine
+    /// on.
+    pub fn poll_once(
+        &self,
+        wake: BorrowedFd<'_>,
+        quit: Option<BorrowedFd<'_>>,
+        timeout_ms: c_int,
+    ) -> Result<Polled> {
         if self.is_finished() {
             return Ok(Polled::Finished);
         }
@@ -753,28 +761,34 @@ impl Nbd {
         if dir & AIO_DIRECTION_WRITE != 0 {
             events |= libc::POLLOUT;
         }
+        let pollfd = |fd, events| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
         let mut fds = [
-            libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pollfd(fd, events),
+            pollfd(wake.as_raw_fd(), libc::POLLIN),
+            pollfd(quit.map_or(-1, |q| q.as_raw_fd()), libc::POLLIN),
         ];
-        // SAFETY: `fds` is a valid array of two pollfd structures.  The
-        // socket stays open while we poll: only nbd_close, which needs
-        // `&mut self`/ownership, closes it.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        // SAFETY: `fds` is a valid array of three pollfd structures (a
+        // negative fd is ignored by poll).  The socket stays open while we
+        // poll: only nbd_close, which needs ownership, closes it.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout_ms) };
         if r == -1 {
             let e = Errno::last();
             if e == Errno::EINTR {
                 return Ok(Polled::Progress);
             }
             return Err(Error::os(e, "poll"));
+        }
+        if fds[2].revents != 0 {
+            // SAFETY: shutdown(2) on libnbd's open socket only ends the
+            // connection; the descriptor stays valid and owned by libnbd,
+            // whose next read or write then fails, failing every command
+            // still in flight.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            return Ok(Polled::Quit);
         }
         let ready = fds[0].revents;
         // SAFETY: valid handle.

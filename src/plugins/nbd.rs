@@ -236,7 +236,12 @@ impl NbdPlugin {
             )
         };
         match self.transport() {
-            Transport::Uri(uri) => nbd.connect_uri(uri),
+            Transport::Uri(uri) => {
+                // The URI is the administrator's own: its tls-certificates
+                // and tls-psk-file queries may name local files.
+                nbd.set_uri_allow_local_file(true)?;
+                nbd.connect_uri(uri)
+            }
             Transport::Unix(path) => nbd.connect_unix(path),
             Transport::Tcp { host, port } => nbd.connect_tcp(host, port),
             Transport::Vsock { cid, port } => nbd.connect_vsock(*cid, *port),

@@ -90,6 +90,7 @@ extern "C" {
     fn nbd_set_full_info(h: *mut NbdHandle, request: bool) -> c_int;
     fn nbd_set_pread_initialize(h: *mut NbdHandle, request: bool) -> c_int;
     fn nbd_set_opt_mode(h: *mut NbdHandle, enable: bool) -> c_int;
+    fn nbd_set_uri_allow_local_file(h: *mut NbdHandle, allow: bool) -> c_int;
     fn nbd_set_tls(h: *mut NbdHandle, tls: c_int) -> c_int;
     fn nbd_set_tls_certificates(h: *mut NbdHandle, dir: *const c_char) -> c_int;
     fn nbd_set_tls_verify_peer(h: *mut NbdHandle, verify: bool) -> c_int;
@@ -451,6 +452,9 @@ impl Nbd {
     }
     pub fn set_opt_mode(&self, on: bool) -> Result<()> {
         self.set_bool(nbd_set_opt_mode, on)
+    }
+    pub fn set_uri_allow_local_file(&self, on: bool) -> Result<()> {
+        self.set_bool(nbd_set_uri_allow_local_file, on)
     }
     pub fn set_tls(&self, mode: c_int) -> Result<()> {
         // SAFETY: valid handle, plain value (checked by libnbd).

@@ -652,7 +652,7 @@ impl Nbd {
     pub fn execute(&self, cmd: Command<'_>, issued: impl FnOnce()) -> Result<Vec<(u64, u64, u32)>> {
         let pending = Arc::new(Pending::default());
         let h = self.ptr();
-        // SAFETY (all arms): `h` is a valid handle.  Buffers are borrowed
+        // SAFETY: (all arms) `h` is a valid handle.  Buffers are borrowed
         // for the whole of this function, which does not return until the
         // completion callback has run (libnbd calls it exactly once for a
         // command it accepted, and touches the buffer no more afterwards);

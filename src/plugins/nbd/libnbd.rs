@@ -290,7 +290,9 @@ extern "C" fn on_complete(user_data: *mut c_void, error: *mut c_int) -> c_int {
     // calls after this callback.  `error` points at libnbd's status int.
     let (pending, err) = unsafe { (&*(user_data as *const Pending), *error) };
     *lock(&pending.done) = Some(err);
-    pending.cv.notify_all();
+    // The lock is released first, so the woken thread need not wait for
+    // it; one thread waits per command.
+    pending.cv.notify_one();
     // 1: retire the command now, nobody will ask for it by cookie.
     1
 }

@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # does here, as Debian's libbz2-dev has no pkg-config file).
 # lighttpd (and openssl, for its test certificate) serve the curl
 # plugin's tests; libcurl4-openssl-dev is what the curl crate links.
+# libnbd-dev is what the nbd plugin links (libnbd.so).
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
       xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
-      lighttpd openssl libcurl4-openssl-dev libssl-dev)
+      lighttpd openssl libcurl4-openssl-dev libssl-dev libnbd-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

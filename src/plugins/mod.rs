@@ -5,12 +5,13 @@ pub mod curl;
 pub mod example1;
 pub mod file;
 pub mod memory;
+pub mod nbd;
 pub mod null;
 
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
-pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "null"];
+pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "nbd", "null"];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
 pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
@@ -19,6 +20,7 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "example1" => Some(Box::new(example1::Example1Plugin::new())),
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
+        "nbd" => Some(Box::new(nbd::NbdPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
         _ => None,
     }

@@ -21,6 +21,7 @@ mod filters;
 mod hostile;
 mod lifecycle;
 mod memory;
+mod nbd_plugin;
 mod null;
 mod partition;
 mod protocol;

@@ -13,7 +13,7 @@ use std::path::Path;
 /// client-cert, client-key, as libnbd and qemu look for them), `ca-only/`
 /// (just the CA: a client without a certificate), `keys.psk` (user alice)
 /// and `wrong.psk` (alice with another key).
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
@@ -25,7 +25,7 @@ fn certtool(dir: &Path, args: &[&str]) {
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
@@ -90,12 +90,12 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
     /// A server requiring TLS with `keys.psk`, serving `plugin...`.
-    fn psk_server(&self, plugin: &[&str]) -> Server {
+    pub(crate) fn psk_server(&self, plugin: &[&str]) -> Server {
         self.server(
             "--tls=require",
             &format!("--tls-psk={}", self.path("keys.psk")),
@@ -104,7 +104,7 @@ impl Pki {
     }
 
     /// A server requiring TLS with the `pki/` certificates.
-    fn x509_server(&self, extra: &[&str]) -> Server {
+    pub(crate) fn x509_server(&self, extra: &[&str]) -> Server {
         self.x509_server_with("--tls=require", extra)
     }
 

@@ -27,6 +27,7 @@ mod protocol;
 mod ranges;
 mod readahead;
 mod service;
+mod sh;
 mod tar;
 mod tls;
 mod webserver;

@@ -11,7 +11,11 @@ fn eval_zero_disk_read_only() {
     assert_eq!(nbdinfo(&["--size", &srv.uri()]).trim(), "67108864");
     let j = nbdinfo(&["--json", &srv.uri()]);
     assert_eq!(jq(".exports[0].is_read_only", &j).trim(), "true", "{j}");
-    let out = python(&srv.uri(), "print(h.pread(65536, 1 << 20) == bytes(65536))\n", &[]);
+    let out = python(
+        &srv.uri(),
+        "print(h.pread(65536, 1 << 20) == bytes(65536))\n",
+        &[],
+    );
     assert_eq!(out.trim(), "True");
 }
 
@@ -66,10 +70,17 @@ fn eval_synthesizes_every_can_method_from_its_data_method() {
     ]);
     let j = nbdinfo(&["--json", &srv.uri()]);
     for k in ["can_flush", "can_trim", "can_zero", "can_fua"] {
-        assert_eq!(jq(&format!(".exports[0].{k}"), &j).trim(), "true", "{k}: {j}");
+        assert_eq!(
+            jq(&format!(".exports[0].{k}"), &j).trim(),
+            "true",
+            "{k}: {j}"
+        );
     }
     assert_eq!(jq(".exports[0].is_read_only", &j).trim(), "false", "{j}");
-    let map = jq("map({start, length, data, zero})", &qemu_img_map(&srv.uri()));
+    let map = jq(
+        "map({start, length, data, zero})",
+        &qemu_img_map(&srv.uri()),
+    );
     assert_eq!(
         map.trim(),
         r#"[{"start":0,"length":1048576,"data":false,"zero":true}]"#
@@ -113,7 +124,9 @@ fn eval_missing_catches_every_other_method() {
         );
     }
     // Methods given explicitly are not sent to missing=.
-    assert!(!got.lines().any(|l| l.starts_with("get_size") || l.starts_with("pread")));
+    assert!(!got
+        .lines()
+        .any(|l| l.starts_with("get_size") || l.starts_with("pread")));
 }
 
 #[test]
@@ -210,7 +223,11 @@ fn eval_bad_parameters_are_startup_errors() {
         "config_complete=echo 'EINVAL not configured' >&2; exit 1",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("not configured"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("not configured"),
+        "{}",
+        stderr_str(&o)
+    );
 }
 
 #[test]

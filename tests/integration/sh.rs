@@ -92,12 +92,17 @@ print("ok")
         "unload",
     ] {
         assert!(
-            log.lines().any(|l| l == want || l.starts_with(&format!("{want} "))),
+            log.lines()
+                .any(|l| l == want || l.starts_with(&format!("{want} "))),
             "no call '{want}' in the log:\n{log}"
         );
     }
     // Order of the lifecycle calls.
-    let pos = |m: &str| log.lines().position(|l| l.split(' ').next() == Some(m)).unwrap();
+    let pos = |m: &str| {
+        log.lines()
+            .position(|l| l.split(' ').next() == Some(m))
+            .unwrap()
+    };
     assert!(pos("load") < pos("config_complete"));
     assert!(pos("config_complete") < pos("get_ready"));
     assert!(pos("get_ready") < pos("after_fork"));
@@ -142,12 +147,18 @@ esac
     let out = dir.path().join("copy");
     let srv = Server::start_in(dir, &["sh", s.to_str().unwrap()]);
     nbdcopy(&[&srv.uri(), out.to_str().unwrap()]);
-    assert!(std::fs::read(&out).unwrap() == pattern, "nbdcopy copy differs");
+    assert!(
+        std::fs::read(&out).unwrap() == pattern,
+        "nbdcopy copy differs"
+    );
     let info = qemu_img(&["info", "--output=json", &srv.uri()]);
     assert!(info.contains("\"virtual-size\": 4194304"), "{info}");
     let conv = srv.dir().join("conv");
     qemu_img(&["convert", "-O", "raw", &srv.uri(), conv.to_str().unwrap()]);
-    assert!(std::fs::read(&conv).unwrap() == pattern, "qemu-img copy differs");
+    assert!(
+        std::fs::read(&conv).unwrap() == pattern,
+        "qemu-img copy differs"
+    );
     // A read-only script: writes are refused.
     assert!(nbdinfo(&["--json", &srv.uri()]).contains("\"is_read_only\": true"));
 }
@@ -213,7 +224,10 @@ print(err(lambda: h.pread(512, 4096)))
     assert!(log.contains("did not print an error message"), "{log}");
     assert!(log.contains("EINVALID is not a name"), "{log}");
     assert!(log.contains("unexpected code (3/false)"), "{log}");
-    assert!(!log.contains("second line"), "only the first line is an error: {log}");
+    assert!(
+        !log.contains("second line"),
+        "only the first line is an error: {log}"
+    );
 }
 
 #[test]
@@ -285,8 +299,14 @@ except nbd.Error as e:
     assert_eq!(out.trim(), "ENOTSUP");
     let log = calls(&sdir);
     assert!(log.contains("zero may_trim"), "{log}");
-    assert!(log.contains("zero may_trim,fast") || log.contains("zero fast"), "{log}");
-    assert!(log.contains("pwrite"), "normal zero did not fall back: {log}");
+    assert!(
+        log.contains("zero may_trim,fast") || log.contains("zero fast"),
+        "{log}"
+    );
+    assert!(
+        log.contains("pwrite"),
+        "normal zero did not fall back: {log}"
+    );
 }
 
 #[test]
@@ -335,8 +355,15 @@ print(len(h2.pread(512, 0)))
 "#,
         &[],
     );
-    assert_eq!(stdout_str(&out).split_whitespace().collect::<Vec<_>>(), ["error", "512"]);
-    assert!(srv.stderr().contains("extent line '0 banana'"), "{}", srv.stderr());
+    assert_eq!(
+        stdout_str(&out).split_whitespace().collect::<Vec<_>>(),
+        ["error", "512"]
+    );
+    assert!(
+        srv.stderr().contains("extent line '0 banana'"),
+        "{}",
+        srv.stderr()
+    );
     srv.stop_ok();
 }
 
@@ -367,7 +394,11 @@ esac
     );
     // Opened, an export describes itself with export_description.
     let j = nbdinfo(&["--json", &srv.uri_export("alpha")]);
-    assert_eq!(jq(".exports[0].description", &j).trim(), "\"desc of alpha\"", "{j}");
+    assert_eq!(
+        jq(".exports[0].description", &j).trim(),
+        "\"desc of alpha\"",
+        "{j}"
+    );
     // The default export "" is the script's default_export.
     assert_eq!(nbdinfo(&["--size", &srv.uri()]).trim(), "2097152");
     assert_eq!(
@@ -463,10 +494,18 @@ esac
     // Errors from config and config_complete are startup errors.
     let o = run(&["sh", sp, "bogus=1"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("unknown parameter bogus"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("unknown parameter bogus"),
+        "{}",
+        stderr_str(&o)
+    );
     let o = run(&["sh", sp]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("size is required"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("size is required"),
+        "{}",
+        stderr_str(&o)
+    );
     // --dump-plugin: the script's lines and its thread model.
     let d = run_ok(&["sh", sp, "--dump-plugin"]);
     assert!(d.contains("\nsh_test_flag=yes\n"), "{d}");
@@ -499,7 +538,11 @@ fn sh_thread_model_default_and_config_without_method() {
     let srv = Server::start(&["sh", sp]);
     let o = client_any("nbdinfo", &["--size", &srv.uri()]);
     assert!(!o.status.success());
-    assert!(srv.stderr().contains("get_size method is required"), "{}", srv.stderr());
+    assert!(
+        srv.stderr().contains("get_size method is required"),
+        "{}",
+        srv.stderr()
+    );
 }
 
 #[test]
@@ -508,19 +551,39 @@ fn sh_script_must_exist_and_be_executable() {
     let p = write_file(dir.path(), "noexec.sh", b"#!/bin/sh\nexit 2\n");
     let o = run(&["sh", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("not executable"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("not executable"),
+        "{}",
+        stderr_str(&o)
+    );
     let o = run(&["sh", "/nonexistent/script.sh"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("/nonexistent/script.sh"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("/nonexistent/script.sh"),
+        "{}",
+        stderr_str(&o)
+    );
     let o = run(&["sh", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("not a regular file"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("not a regular file"),
+        "{}",
+        stderr_str(&o)
+    );
     let o = run(&["sh"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("missing script"), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("missing script"),
+        "{}",
+        stderr_str(&o)
+    );
     let o = run(&["sh", "size=1"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr_str(&o).contains("first parameter must be script="), "{}", stderr_str(&o));
+    assert!(
+        stderr_str(&o).contains("first parameter must be script="),
+        "{}",
+        stderr_str(&o)
+    );
 }
 
 #[test]
@@ -582,13 +645,19 @@ for off in (0, 512, 1024):
 "#,
         &[],
     );
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["EIO", "EIO", "ok"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["EIO", "EIO", "ok"]
+    );
     let log = srv.stderr();
     assert!(
         log.contains("expecting 512 bytes but received 6 bytes"),
         "{log}"
     );
-    assert!(log.contains("printed more than 512 bytes on stdout"), "{log}");
+    assert!(
+        log.contains("printed more than 512 bytes on stdout"),
+        "{log}"
+    );
     assert!(srv.is_running());
     srv.stop_ok();
 }
@@ -628,11 +697,7 @@ esac
     let sdir = dir.path().to_path_buf();
     let mut srv = Server::start_in(dir, &["sh", s.to_str().unwrap()]);
     let mut client = client("/usr/bin/python3")
-        .args([
-            "-c",
-            &format!("{PY_PRELUDE}h.pread(512, 0)\n"),
-            &srv.uri(),
-        ])
+        .args(["-c", &format!("{PY_PRELUDE}h.pread(512, 0)\n"), &srv.uri()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

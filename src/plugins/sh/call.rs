@@ -453,7 +453,11 @@ mod tests {
     #[test]
     fn endless_output_is_cut_off() {
         let e = sh("yes", &[], None, 1 << 20).unwrap_err();
-        assert!(e.message().contains("more than 1048576 bytes"), "{}", e.message());
+        assert!(
+            e.message().contains("more than 1048576 bytes"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

@@ -292,7 +292,7 @@ pub fn parse_exports(out: &str) -> std::result::Result<Vec<ExportInfo>, String> 
         Some(&"NAMES") => Ok(names(&lines[1..])),
         Some(&"INTERLEAVED") => {
             let rest = &lines[1..];
-            if rest.len() % 2 != 0 {
+            if !rest.len().is_multiple_of(2) {
                 return Err(format!(
                     "INTERLEAVED list has an odd number of lines ({}): \
                      every name needs a description line",
@@ -309,7 +309,7 @@ pub fn parse_exports(out: &str) -> std::result::Result<Vec<ExportInfo>, String> 
         }
         Some(&"NAMES+DESCRIPTIONS") => {
             let rest = &lines[1..];
-            if rest.len() % 2 != 0 {
+            if !rest.len().is_multiple_of(2) {
                 return Err(format!(
                     "NAMES+DESCRIPTIONS list has an odd number of lines ({})",
                     rest.len()
@@ -339,10 +339,10 @@ pub fn parse_extents(out: &str, extents: &mut Extents) -> std::result::Result<()
         let Some(len) = f.next() else {
             return Err(format!("cannot parse extent line '{line}': missing length"));
         };
-        let offset =
-            parse_size(off).map_err(|e| format!("extent line '{line}': offset: {}", e.message()))?;
-        let length =
-            parse_size(len).map_err(|e| format!("extent line '{line}': length: {}", e.message()))?;
+        let offset = parse_size(off)
+            .map_err(|e| format!("extent line '{line}': offset: {}", e.message()))?;
+        let length = parse_size(len)
+            .map_err(|e| format!("extent line '{line}': length: {}", e.message()))?;
         let flags = match f.next() {
             None => 0,
             Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => t
@@ -573,7 +573,10 @@ impl Handle for ScriptHandle {
     fn pread(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let m = "pread";
         let (c, o) = (buf.len().to_string(), offset.to_string());
-        match self.core.call_with(m, &[&self.h, &c, &o], None, buf.len())? {
+        match self
+            .core
+            .call_with(m, &[&self.h, &c, &o], None, buf.len())?
+        {
             Status::Ok(data) if data.len() == buf.len() => {
                 buf.copy_from_slice(&data);
                 Ok(())
@@ -637,9 +640,14 @@ impl Handle for ScriptHandle {
         let count = extents.end() - extents.start();
         let f = flags_string(false, false, req_one, false);
         match self.range_call(m, count, extents.start(), &f)? {
-            Status::Ok(out) => parse_extents(&String::from_utf8_lossy(&out), extents).map_err(
-                |why| Error::new(Errno::EINVAL, format!("{}: extents: {why}", self.core.label(m))),
-            ),
+            Status::Ok(out) => {
+                parse_extents(&String::from_utf8_lossy(&out), extents).map_err(|why| {
+                    Error::new(
+                        Errno::EINVAL,
+                        format!("{}: extents: {why}", self.core.label(m)),
+                    )
+                })
+            }
             Status::Missing => Err(self.missing(m, "not implemented (but can_extents said true)")),
             Status::False => Err(self.core.unexpected_false(m)),
         }
@@ -687,7 +695,10 @@ mod tests {
         parse_extents("0  1M\n1M 9M  hole,zero\n", &mut e).unwrap();
         let l = e.list();
         assert_eq!((l[0].offset, l[0].length, l[0].flags), (0, 1 << 20, 0));
-        assert_eq!((l[1].offset, l[1].length, l[1].flags), (1 << 20, 9 << 20, 3));
+        assert_eq!(
+            (l[1].offset, l[1].length, l[1].flags),
+            (1 << 20, 9 << 20, 3)
+        );
         let mut e = Extents::new(0, 100);
         parse_extents("0 50 1\n50 50 2\n", &mut e).unwrap();
         assert_eq!(e.list()[1].flags, 2);

@@ -717,3 +717,137 @@ esac
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn sh_lifecycle_errors_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "l.sh",
+        r#"
+case "$1" in
+  config) echo "$3" > $tmpdir/mode ;;
+  get_ready) [ "$(cat $tmpdir/mode 2>/dev/null)" = get_ready ] && { echo 'EINVAL not ready' >&2; exit 1; } || : ;;
+  after_fork) [ "$(cat $tmpdir/mode 2>/dev/null)" = after_fork ] && { echo 'EIO no fork' >&2; exit 1; } || : ;;
+  preconnect) [ "$(cat $tmpdir/mode)" = preconnect ] && { echo 'EPERM go away' >&2; exit 1; } || : ;;
+  open) [ "$3" = secret ] && { echo 'EPERM not this one' >&2; exit 1; }; echo h ;;
+  block_size) [ "$(cat $tmpdir/mode)" = block_size ] && echo 512 4K || exit 2 ;;
+  get_size) echo 1M ;;
+  pread) dd if=/dev/zero count=$3 iflag=count_bytes status=none ;;
+  *) exit 2 ;;
+esac
+"#,
+    );
+    let sp = s.to_str().unwrap();
+    for (mode, msg) in [("get_ready", "not ready"), ("after_fork", "no fork")] {
+        let o = run(&[
+            "-U",
+            "-",
+            "sh",
+            sp,
+            &format!("mode={mode}"),
+            "--run",
+            "true",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{mode}: {}", stderr_str(&o));
+        assert!(stderr_str(&o).contains(msg), "{mode}: {}", stderr_str(&o));
+    }
+    // preconnect refuses connections; the server lives on.
+    let mut srv = Server::start(&["sh", sp, "mode=preconnect"]);
+    let o = client_any("nbdinfo", &["--size", &srv.uri()]);
+    assert!(!o.status.success());
+    assert!(srv.stderr().contains("go away"), "{}", srv.stderr());
+    assert!(srv.is_running());
+    srv.stop_ok();
+    // open refuses one export, serves the others.
+    let srv = Server::start(&["sh", sp, "mode=none"]);
+    let o = client_any("nbdinfo", &["--size", &srv.uri_export("secret")]);
+    assert!(!o.status.success());
+    assert!(srv.stderr().contains("not this one"), "{}", srv.stderr());
+    assert_eq!(nbdinfo(&["--size", &srv.uri()]).trim(), "1048576");
+    drop(srv);
+    // Unparsable block_size output is a clear error in the log (the
+    // server then advertises no block size).
+    let srv = Server::start(&["sh", sp, "mode=block_size"]);
+    let _ = client_any("nbdinfo", &["--json", &srv.uri()]);
+    assert!(
+        srv.stderr()
+            .contains("could not parse output from block_size method: '512 4K'"),
+        "{}",
+        srv.stderr()
+    );
+}
+
+#[test]
+fn sh_per_connection_handles_in_tmpdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "h.sh",
+        r#"
+case "$1" in
+  open) d=$(mktemp -d $tmpdir/handle-XXXXXX); echo "$d" >> "$(dirname "$0")/opened"; echo "$d" ;;
+  close) echo "$2" >> "$(dirname "$0")/closed"; rm -rf "$2" ;;
+  get_size) echo 1M ;;
+  can_write) exit 0 ;;
+  pwrite) cat > "$2/last" ;;
+  pread) if [ -f "$2/last" ]; then head -c $3 "$2/last"; else dd if=/dev/zero count=$3 iflag=count_bytes status=none; fi ;;
+  *) exit 2 ;;
+esac
+"#,
+    );
+    let sdir = dir.path().to_path_buf();
+    let mut srv = Server::start_in(dir, &["sh", s.to_str().unwrap()]);
+    // Each connection writes and reads back its own state.
+    let out = python(
+        &srv.uri(),
+        r#"
+h2 = nbd.NBD()
+h2.connect_uri(sys.argv[1])
+h.pwrite(b"a" * 512, 0)
+h2.pwrite(b"b" * 512, 0)
+print(h.pread(512, 0) == b"a" * 512, h2.pread(512, 0) == b"b" * 512)
+"#,
+        &[],
+    );
+    assert_eq!(out.trim(), "True True");
+    srv.stop_ok();
+    let opened = std::fs::read_to_string(sdir.join("opened")).unwrap();
+    let closed = std::fs::read_to_string(sdir.join("closed")).unwrap();
+    let mut o: Vec<&str> = opened.lines().collect();
+    let mut c: Vec<&str> = closed.lines().collect();
+    o.sort();
+    c.sort();
+    assert_eq!(o.len(), 2);
+    assert_ne!(o[0], o[1]);
+    assert_eq!(o, c, "close got the handles open printed");
+}
+
+#[test]
+fn sh_run_command_sees_tmpdir_and_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "r.sh",
+        "case \"$1\" in get_size) echo 1M ;; pread) dd if=/dev/zero count=$3 iflag=count_bytes status=none ;; *) exit 2 ;; esac\n",
+    );
+    let out = run_ok(&[
+        "-U",
+        "-",
+        "sh",
+        s.to_str().unwrap(),
+        "--run",
+        "test -d \"$tmpdir\" && echo \"$tmpdir\"",
+    ]);
+    let tmpdir = PathBuf::from(out.trim());
+    assert!(tmpdir.is_absolute(), "{out}");
+    let start = Instant::now();
+    while tmpdir.exists() {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{} not removed",
+            tmpdir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

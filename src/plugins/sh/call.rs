@@ -7,9 +7,10 @@
 //! large `pwrite` buffer and a script that prints before it has read all
 //! of its input cannot deadlock.  Stdout is capped (a script that prints
 //! without end is killed and reported, never buffered without bound), and
-//! stderr keeps only its head.  A stop request (SIGTERM, ...) that arrives
-//! while a script runs kills the script's process group, so a hanging
-//! script cannot hold the server up.
+//! stderr keeps only its head.  A stop request (SIGTERM, ...) kills the
+//! process group of a running script, so a hanging script cannot hold the
+//! server up; `close` and `unload`, which belong to shutdown, get a few
+//! seconds' grace first.
 
 use crate::error::{Error, Result};
 use crate::server::quit;
@@ -21,6 +22,11 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long `close` and `unload` may still run once the server is told to
+/// stop, before they are killed too.
+const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
 /// How much of stderr is kept for the error message.
 const STDERR_KEEP: usize = 64 * 1024;
@@ -118,11 +124,8 @@ impl Call<'_> {
     /// or any other unknown status, death by a signal, too much output) are
     /// returned as `Err` with the errno and message the script gave.
     pub fn run(&self) -> Result<Status> {
-        // Calls made once a stop is under way (close, unload) run to the
-        // end; calls under way when it arrives are interrupted.
-        let interruptible = !quit::requested();
         let mut child = self.spawn()?;
-        let io = self.exchange(&mut child, interruptible);
+        let io = self.exchange(&mut child);
         if io.is_err() {
             kill_group(&child);
         }
@@ -173,7 +176,7 @@ impl Call<'_> {
         }
     }
 
-    fn exchange(&self, child: &mut Child, interruptible: bool) -> Result<Exchange> {
+    fn exchange(&self, child: &mut Child) -> Result<Exchange> {
         let ctx = |what: &str| format!("{}: {what}", self.label);
         let mut stdin = child.stdin.take();
         let mut stdout = child.stdout.take();
@@ -193,7 +196,15 @@ impl Call<'_> {
             stdin = None;
         }
         let mut ex = Exchange::default();
-        let mut watch_quit = interruptible;
+        // The cleanup methods, which run during shutdown, get a grace
+        // period after the stop request; all others are killed at once.
+        let grace = if matches!(self.method, "close" | "unload") {
+            CLEANUP_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let mut watch_quit = true;
+        let mut deadline: Option<Instant> = None;
         let mut chunk = vec![0u8; 64 * 1024];
         while stdout.is_some() || stderr.is_some() {
             let mut fds = Vec::with_capacity(4);
@@ -214,7 +225,15 @@ impl Call<'_> {
                 fds.push(PollFd::new(quit::fd(), PollFlags::POLLIN));
                 which.push(3);
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_millis().min(60_000) as u32 + 1)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(Error::os(e, ctx("poll"))),
@@ -226,6 +245,12 @@ impl Call<'_> {
                 .map(|(_, &w)| w)
                 .collect();
             drop(fds);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                deadline = None;
+                ex.interrupted = true;
+                kill_group(child);
+                stdin = None;
+            }
             for w in ready {
                 match w {
                     0 => {
@@ -275,10 +300,14 @@ impl Call<'_> {
                     }
                     _ => {
                         if quit::requested() {
-                            ex.interrupted = true;
                             watch_quit = false;
-                            kill_group(child);
-                            stdin = None;
+                            if grace.is_zero() {
+                                ex.interrupted = true;
+                                kill_group(child);
+                                stdin = None;
+                            } else {
+                                deadline = Some(Instant::now() + grace);
+                            }
                         }
                     }
                 }

@@ -39,6 +39,8 @@ pub struct ScriptPlugin {
     /// Past `get_ready`: from here on only `cleanup` removes the temporary
     /// directory (a forked parent dropping its copy must not).
     ready: AtomicBool,
+    /// `after_fork` ran in this process (the one that serves).
+    serving: AtomicBool,
     cleaned: AtomicBool,
 }
 
@@ -88,6 +90,7 @@ impl ScriptPlugin {
             core: None,
             magic: None,
             ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             cleaned: AtomicBool::new(false),
         }
     }
@@ -231,8 +234,10 @@ fn inline_script(tmpdir: &Path) -> Result<std::path::PathBuf> {
 impl Drop for ScriptPlugin {
     fn drop(&mut self) {
         // Exits before serving (--dump-plugin, --help, configuration
-        // errors) unload here; a server unloads in `cleanup`.
-        if !self.ready.load(Ordering::SeqCst) {
+        // errors) and a serving process that fails before `cleanup`
+        // unload here.  A parent that forked the server off never called
+        // `after_fork`, and leaves the directory to the server.
+        if !self.ready.load(Ordering::SeqCst) || self.serving.load(Ordering::SeqCst) {
             self.unload_once();
         }
     }
@@ -315,11 +320,14 @@ impl Plugin for ScriptPlugin {
     }
 
     fn get_ready(&self) -> Result<()> {
+        self.core()?.call_void("get_ready", &[])?;
         self.ready.store(true, Ordering::SeqCst);
-        self.core()?.call_void("get_ready", &[])
+        Ok(())
     }
 
     fn after_fork(&self) -> Result<()> {
+        // This process serves: it owns the temporary directory now.
+        self.serving.store(true, Ordering::SeqCst);
         self.core()?.call_void("after_fork", &[])
     }
 

@@ -104,6 +104,7 @@ fn eval_missing_catches_every_other_method() {
     let missing = format!(r#"missing=echo "$@" >> {}; exit 2"#, log.display());
     let mut srv = Server::start_in(dir, &["eval", "get_size=echo 1M", ZERO_PREAD, &missing]);
     python(&srv.uri(), "h.pread(512, 0)\n", &[]);
+    crate::sh::wait_for_lines(&log, "close", 1);
     srv.stop_ok();
     let got = std::fs::read_to_string(&log).unwrap();
     for m in [

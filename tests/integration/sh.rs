@@ -37,6 +37,25 @@ case "$1" in
 esac
 "#;
 
+/// Wait until `file` has a line starting with `prefix` `n` times: the
+/// server runs `close` after the client has gone, so a test that stops the
+/// server right after its client would race the close.
+pub fn wait_for_lines(file: &Path, prefix: &str, n: usize) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.lines().filter(|l| l.starts_with(prefix)).count() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "no {n} '{prefix}' lines in {}:\n{text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn calls(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("calls.log")).unwrap_or_default()
 }
@@ -70,6 +89,7 @@ print("ok")
         &[],
     );
     assert_eq!(out.trim(), "ok");
+    wait_for_lines(&sdir.join("calls.log"), "close", 1);
     srv.stop_ok();
     let log = calls(&sdir);
     for want in [
@@ -751,6 +771,15 @@ esac
         ]);
         assert_eq!(o.status.code(), Some(1), "{mode}: {}", stderr_str(&o));
         assert!(stderr_str(&o).contains(msg), "{mode}: {}", stderr_str(&o));
+        // The temporary directory is removed on these failures too.
+        let left = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("mode")).is_ok_and(|m| m.trim() == mode)
+            })
+            .count();
+        assert_eq!(left, 0, "{mode}: a temporary directory was left behind");
     }
     // preconnect refuses connections; the server lives on.
     let mut srv = Server::start(&["sh", sp, "mode=preconnect"]);
@@ -811,6 +840,7 @@ print(h.pread(512, 0) == b"a" * 512, h2.pread(512, 0) == b"b" * 512)
         &[],
     );
     assert_eq!(out.trim(), "True True");
+    wait_for_lines(&sdir.join("closed"), "/", 2);
     srv.stop_ok();
     let opened = std::fs::read_to_string(sdir.join("opened")).unwrap();
     let closed = std::fs::read_to_string(sdir.join("closed")).unwrap();

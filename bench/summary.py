@@ -16,6 +16,8 @@ UNITS = {
     "file.randread4k.qd32": ("IOPS", True),
     "start.to_run_us": ("us to --run", False),
     "curl.http.copy": ("MiB/s", True),
+    "sh.pread64k.calls_per_s": ("script calls/s", True),
+    "eval.pread64k.calls_per_s": ("script calls/s", True),
 }
 
 

@@ -2,26 +2,32 @@
 //! name.
 
 pub mod curl;
+pub mod eval;
 pub mod example1;
 pub mod file;
 pub mod memory;
 pub mod nbd;
 pub mod null;
+pub mod sh;
 
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
-pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "nbd", "null"];
+pub const NAMES: &[&str] = &[
+    "curl", "eval", "example1", "file", "memory", "nbd", "null", "sh",
+];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
 pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
     match name {
         "curl" => Some(Box::new(curl::CurlPlugin::new())),
+        "eval" => Some(Box::new(eval::new_plugin())),
         "example1" => Some(Box::new(example1::Example1Plugin::new())),
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
         "nbd" => Some(Box::new(nbd::NbdPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "sh" => Some(Box::new(sh::ScriptPlugin::new(sh::Flavour::Sh))),
         _ => None,
     }
 }

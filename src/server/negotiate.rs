@@ -258,24 +258,29 @@ impl Negotiation<'_> {
                                 NBD_REP_INFO,
                                 &info_name_payload(&export.name),
                             )?,
-                            NBD_INFO_DESCRIPTION => {
-                                if let Ok(Some(d)) = export.description() {
-                                    self.reply(
-                                        w,
-                                        option,
-                                        NBD_REP_INFO,
-                                        &info_description_payload(&d),
-                                    )?;
-                                }
-                            }
+                            NBD_INFO_DESCRIPTION => match export.description() {
+                                Ok(Some(d)) => self.reply(
+                                    w,
+                                    option,
+                                    NBD_REP_INFO,
+                                    &info_description_payload(&d),
+                                )?,
+                                Ok(None) => {}
+                                Err(e) => crate::log::error(format!(
+                                    "export_description: {}",
+                                    e.message()
+                                )),
+                            },
                             // Like nbdkit, only when the layers state constraints.
-                            NBD_INFO_BLOCK_SIZE => {
-                                if let Ok(Some(b)) = export.block_size() {
+                            NBD_INFO_BLOCK_SIZE => match export.block_size() {
+                                Ok(Some(b)) => {
                                     let p =
                                         info_block_size_payload(b.minimum, b.preferred, b.maximum);
                                     self.reply(w, option, NBD_REP_INFO, &p)?;
                                 }
-                            }
+                                Ok(None) => {}
+                                Err(e) => crate::log::error(format!("block_size: {}", e.message())),
+                            },
                             _ => {}
                         }
                     }

@@ -1,16 +1,21 @@
 //! Built-in plugins, one file each, and the registry that creates them by
 //! name.
 
+pub mod concat;
 pub mod curl;
 pub mod example1;
 pub mod file;
+pub mod info;
 pub mod memory;
 pub mod null;
+pub mod split;
 
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
-pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "null"];
+pub const NAMES: &[&str] = &[
+    "curl", "example1", "file", "info", "memory", "null", "split",
+];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
 pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
@@ -19,7 +24,9 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "example1" => Some(Box::new(example1::Example1Plugin::new())),
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
+        "info" => Some(Box::new(info::InfoPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "split" => Some(Box::new(split::SplitPlugin::new())),
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # does here, as Debian's libbz2-dev has no pkg-config file).
 # lighttpd (and openssl, for its test certificate) serve the curl
 # plugin's tests; libcurl4-openssl-dev is what the curl crate links.
-pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
+pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk gdisk tar
       xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
       lighttpd openssl libcurl4-openssl-dev libssl-dev)
 missing=()

@@ -8,13 +8,21 @@ pub mod file;
 pub mod info;
 pub mod memory;
 pub mod null;
+pub mod partitioning;
 pub mod split;
 
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
 pub const NAMES: &[&str] = &[
-    "curl", "example1", "file", "info", "memory", "null", "split",
+    "curl",
+    "example1",
+    "file",
+    "info",
+    "memory",
+    "null",
+    "partitioning",
+    "split",
 ];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
@@ -26,6 +34,7 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
         "info" => Some(Box::new(info::InfoPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "partitioning" => Some(Box::new(partitioning::PartitioningPlugin::new())),
         "split" => Some(Box::new(split::SplitPlugin::new())),
         _ => None,
     }

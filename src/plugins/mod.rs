@@ -7,9 +7,12 @@ pub mod example1;
 pub mod file;
 pub mod info;
 pub mod memory;
+pub mod mkdisk;
 pub mod null;
+pub mod ondemand;
 pub mod partitioning;
 pub mod split;
+pub mod tmpdisk;
 
 use crate::plugin::Plugin;
 
@@ -34,8 +37,10 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
         "info" => Some(Box::new(info::InfoPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "ondemand" => Some(Box::new(ondemand::OndemandPlugin::new())),
         "partitioning" => Some(Box::new(partitioning::PartitioningPlugin::new())),
         "split" => Some(Box::new(split::SplitPlugin::new())),
+        "tmpdisk" => Some(Box::new(tmpdisk::TmpdiskPlugin::new())),
         _ => None,
     }
 }

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # lighttpd (and openssl, for its test certificate) serve the curl
 # plugin's tests; libcurl4-openssl-dev is what the curl crate links.
 # libnbd-dev is what the nbd plugin links (libnbd.so).
-pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
+pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk gdisk tar
       xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
       lighttpd openssl libcurl4-openssl-dev libssl-dev libnbd-dev)
 missing=()

@@ -88,7 +88,7 @@ fn is_servable(meta: &std::fs::Metadata) -> bool {
 /// Open `path` read-write (unless `readonly`), falling back to read-only
 /// when the file is not writable.  Returns the file and whether it is
 /// writable.
-fn open_path(path: &Path, readonly: bool) -> Result<(File, bool)> {
+pub(crate) fn open_path(path: &Path, readonly: bool) -> Result<(File, bool)> {
     let mut opts = OpenOptions::new();
     opts.read(true).custom_flags(libc::O_NOCTTY);
     if !readonly {
@@ -414,7 +414,12 @@ fn unsupported(e: Errno) -> bool {
 }
 
 impl FileHandle {
-    fn new(file: File, writable: bool, cache: PageCache, fadvise: Fadvise) -> Result<Self> {
+    pub(crate) fn new(
+        file: File,
+        writable: bool,
+        cache: PageCache,
+        fadvise: Fadvise,
+    ) -> Result<Self> {
         let meta = file.metadata().map_err(|e| Error::io(e, "fstat"))?;
         let is_block = meta.file_type().is_block_device();
         let advice = match fadvise {

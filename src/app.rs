@@ -99,8 +99,17 @@ where
         Action::Version => return print_out(&versions(&chain)),
         _ => {}
     }
-    for p in &opts.params {
-        chain.config_param(p)?;
+    for (i, p) in opts.params.iter().enumerate() {
+        // As nbdkit does: a plugin without a magic key takes a bare first
+        // parameter as `script=` (`nbdkit python script.py`).
+        let bare = !p
+            .split_once('=')
+            .is_some_and(|(k, _)| crate::layers::is_config_key(k));
+        if i == 0 && bare && chain.plugin.magic_config_key().is_none() {
+            chain.config_param(&format!("script={p}"))?;
+        } else {
+            chain.config_param(p)?;
+        }
     }
     if opts.action == Action::DumpPlugin {
         return print_out(&dump_plugin(&chain));

@@ -5,6 +5,7 @@ mod harness;
 
 mod accept;
 mod blocksize;
+mod cabi;
 mod cache;
 mod caps;
 mod captive;

@@ -6,6 +6,7 @@ mod harness;
 mod accept;
 mod blocksize;
 mod cabi;
+mod cabi_c;
 mod cache;
 mod caps;
 mod captive;

@@ -432,3 +432,52 @@ fn config_failures_and_bad_plugins_are_one_line_errors() {
     );
     fails_with(&[badname.to_str().unwrap()], "9bad");
 }
+
+/// A plugin written with the `nbdkit` crate from crates.io, built here as
+/// a cdylib (tests/fixtures/rust-plugin, about 15 s the first time; later
+/// runs reuse its target directory).  It registers an older, shorter
+/// `struct nbdkit_plugin` (the crate's), which exercises the
+/// `min(_struct_size, ours)` copy.
+#[test]
+fn a_plugin_built_with_the_nbdkit_crate() {
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rust-plugin/Cargo.toml"
+    );
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust-plugin");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = run_cmd(
+        std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--manifest-path",
+                manifest,
+                "--target-dir",
+            ])
+            .arg(&target),
+        std::time::Duration::from_secs(600),
+    );
+    assert!(o.status.success(), "{}", stderr_str(&o));
+    let so = target.join("release/libnbdkit_rustabi_plugin.so");
+    let so = so.to_str().unwrap();
+    let d = run_ok(&[so, "--dump-plugin"]);
+    assert!(
+        d.contains("name=rustabi\n") && d.contains("api_version=2\n"),
+        "{d}"
+    );
+    let mut s = Server::start(&[so]);
+    let out = nbdsh(
+        &s.uri(),
+        "h.pwrite(b'rs', 512)\nprint(bytes(h.pread(2, 512)), h.get_size())\n\
+         try:\n    h.pwrite(b'x', 0)\nexcept nbd.Error as e:\n    print(e.errno)",
+    );
+    assert_eq!(out.trim(), "b'rs' 1048576\nENOSPC");
+    s.stop();
+    assert!(
+        s.stderr().contains("no writes at offset 0"),
+        "{}",
+        s.stderr()
+    );
+}

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 # plugin's tests; libcurl4-openssl-dev is what the curl crate links.
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk tar
       xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
-      lighttpd openssl libcurl4-openssl-dev libssl-dev)
+      lighttpd openssl libcurl4-openssl-dev libssl-dev
+      nbdkit nbdkit-plugin-dev nbdkit-plugin-python gcc e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

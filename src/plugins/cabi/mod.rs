@@ -237,6 +237,7 @@ pub fn load(path: &Path) -> Result<Box<dyn Plugin>> {
         max_thread_model,
         load_once: Once::new(),
         loaded: AtomicBool::new(false),
+        unloaded: AtomicBool::new(false),
         configured: AtomicBool::new(false),
         thread_model: OnceLock::new(),
     };
@@ -347,6 +348,7 @@ struct Inner {
     max_thread_model: ThreadModel,
     load_once: Once,
     loaded: AtomicBool,
+    unloaded: AtomicBool,
     configured: AtomicBool,
     thread_model: OnceLock<ThreadModel>,
 }
@@ -397,15 +399,27 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if !self.loaded.load(Ordering::Acquire) || NO_UNLOAD.load(Ordering::Relaxed) {
+impl Inner {
+    /// `.unload`, once, if `.load` ran, and never in the parent of the
+    /// serving process.
+    fn unload(&self) {
+        if !self.loaded.load(Ordering::Acquire)
+            || NO_UNLOAD.load(Ordering::Relaxed)
+            || self.unloaded.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         if let Some(unload) = self.p.unload {
             // SAFETY: `.unload` takes no arguments and is called once, last.
             context::call(None, || unsafe { unload() }).ok();
         }
+    }
+}
+
+impl Drop for Inner {
+    /// Exits on configuration errors reach here: unload as nbdkit does.
+    fn drop(&mut self) {
+        self.unload();
     }
 }
 
@@ -628,11 +642,14 @@ impl Plugin for CPlugin {
         }
     }
 
+    /// `.cleanup` then `.unload`, as nbdkit does at exit (not left to the
+    /// last reference going away, which a closing connection may hold).
     fn cleanup(&self) {
         if let Some(f) = self.inner.p.cleanup {
             // SAFETY: `.cleanup` takes no arguments; called once at exit.
             context::call(None, || unsafe { f() }).ok();
         }
+        self.inner.unload();
     }
 
     fn preconnect(&self, readonly: bool, peer: &crate::server::peer::Peer) -> Result<()> {

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 # libnbd-dev is what the nbd plugin links (libnbd.so).
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk gdisk tar
       xz-utils gzip bzip2 pkg-config liblzma-dev zlib1g-dev
-      lighttpd openssl libcurl4-openssl-dev libssl-dev libnbd-dev)
+      lighttpd openssl libcurl4-openssl-dev libssl-dev libnbd-dev
+      nbdkit nbdkit-plugin-dev nbdkit-plugin-python gcc e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -45,7 +45,8 @@ where
     I: IntoIterator,
     I::Item: Into<std::ffi::OsString>,
 {
-    let mut opts = cli::parse(args)?;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let mut opts = cli::parse(args.iter().cloned())?;
     match opts.immediate {
         Some(Immediate::DumpConfig) => return print_out(&dump_config()),
         Some(Immediate::LongOptions) => return print_out(&cli::long_options()),
@@ -90,15 +91,28 @@ where
         .map(|t| crate::parse::parse_delay("--timeout", t))
         .transpose()?;
 
-    let mut chain = load_chain(&opts, &plugin_name)?;
+    plugins::cabi::set_stdio_safe(!opts.single);
+    let mut chain = load_chain(&opts, &plugin_name, &args)?;
     check_debug_flags(&opts, &mut chain)?;
     match opts.action {
         Action::Help => return print_out(&help(&chain)),
         Action::Version => return print_out(&versions(&chain)),
         _ => {}
     }
-    for p in &opts.params {
-        chain.config_param(p)?;
+    for (i, p) in opts.params.iter().enumerate() {
+        // As nbdkit does: a plugin without a magic key takes a bare first
+        // parameter as `script=` (`nbdkit python script.py`).
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
+        let bare = !bytes.iter().position(|&b| b == b'=').is_some_and(|i| {
+            std::str::from_utf8(&bytes[..i]).is_ok_and(crate::layers::is_config_key)
+        });
+        if i == 0 && bare && chain.plugin.magic_config_key().is_none() {
+            let mut script = std::ffi::OsString::from("script=");
+            script.push(p);
+            chain.config_param(script)?;
+        } else {
+            chain.config_param(p)?;
+        }
     }
     if opts.action == Action::DumpPlugin {
         return print_out(&dump_plugin(&chain));
@@ -160,6 +174,7 @@ where
         match fork::fork(opts.run.is_some())? {
             Role::Parent { server, ready } => {
                 drop(listeners);
+                plugins::cabi::parent_after_fork();
                 let rc = match &opts.run {
                     Some(command) => {
                         let endpoint = endpoint.expect("--run is refused without a URI");
@@ -298,15 +313,49 @@ fn check_conflicts(o: &Options) -> Result<()> {
     Ok(())
 }
 
-fn load_chain(o: &Options, plugin_name: &str) -> Result<Chain> {
-    let plugin = plugins::new_plugin(plugin_name).ok_or_else(|| {
-        Error::config(format!(
-            "cannot open plugin '{}': not a built-in plugin (built-in plugins: {}). \
-             Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation.",
-            log::escape(plugin_name),
-            plugins::NAMES.join(", ")
-        ))
-    })?;
+fn load_chain(o: &Options, plugin_name: &str, args: &[std::ffi::OsString]) -> Result<Chain> {
+    let plugin = match plugins::new_plugin(plugin_name) {
+        Some(p) => p,
+        None => match plugins::cabi::find(plugin_name) {
+            plugins::cabi::Found::Script(script) => {
+                let rest = plugins::cabi::script_args(args);
+                return Err(plugins::cabi::exec_script(&script, plugin_name, &rest));
+            }
+            plugins::cabi::Found::SharedObject(path) => {
+                if plugins::cabi::is_short_name(plugin_name) && !path.exists() {
+                    return Err(Error::config(format!(
+                        "cannot open plugin '{}': not a built-in plugin (built-in plugins: {}), \
+                         and {} does not exist. \
+                         Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation.",
+                        log::escape(plugin_name),
+                        plugins::NAMES.join(", "),
+                        path.display()
+                    )));
+                }
+                plugins::cabi::load(&path)?
+            }
+        },
+    };
+    for name in &o.filters {
+        if filters::new_filter(name).is_none()
+            && (!plugins::cabi::is_short_name(name)
+                || plugins::cabi::plugindir()
+                    .join(format!("../filters/nbdkit-{name}-filter.so"))
+                    .exists())
+        {
+            return Err(Error::config(format!(
+                "cannot open filter '{}': C filters (.so) cannot be loaded: nbdkit's filter ABI \
+                 is tied to one exact nbdkit version, so this nbdkit only runs its built-in \
+                 filters ({})",
+                log::escape(name),
+                if filters::NAMES.is_empty() {
+                    "none".to_string()
+                } else {
+                    filters::NAMES.join(", ")
+                }
+            )));
+        }
+    }
     let mut filters = Vec::new();
     for name in &o.filters {
         let f = filters::new_filter(name).ok_or_else(|| {
@@ -427,7 +476,7 @@ fn dump_config() -> String {
         ("name", "nbdkit".into()),
         (
             "plugindir",
-            libdir.join("nbdkit/plugins").display().to_string(),
+            plugins::cabi::plugindir().display().to_string(),
         ),
         (
             "root_tls_certificates_dir",
@@ -464,6 +513,7 @@ fn help(chain: &Chain) -> String {
         push_lines(&mut s, f.config_help());
     }
     let p = &chain.plugin;
+    let path = p.shared_object().map_or(path, |so| so.path);
     s.push('\n');
     s.push_str(&format!("plugin: {}", p.name()));
     if let Some(l) = p.longname() {
@@ -499,16 +549,33 @@ fn dump_plugin(chain: &Chain) -> String {
     let p = &chain.plugin;
     let path = binary_path().display().to_string();
     let mut s = String::new();
-    s.push_str(&format!(
-        "path={path}\nname={}\nversion={}\napi_version=2\n",
-        p.name(),
-        p.version()
-    ));
-    s.push_str(&format!(
-        "max_thread_model={}\nthread_model={}\nerrno_is_preserved=1\n",
-        p.thread_model().name(),
-        chain.thread_model().name()
-    ));
+    if let Some(so) = p.shared_object() {
+        s.push_str(&format!(
+            "path={}\nname={}\nversion={}\napi_version={}\nstruct_size={}\n",
+            so.path,
+            p.name(),
+            p.version(),
+            so.api_version,
+            so.struct_size
+        ));
+        s.push_str(&format!(
+            "max_thread_model={}\nthread_model={}\nerrno_is_preserved={}\n",
+            so.max_thread_model.name(),
+            chain.thread_model().name(),
+            u8::from(so.errno_is_preserved)
+        ));
+    } else {
+        s.push_str(&format!(
+            "path={path}\nname={}\nversion={}\napi_version=2\n",
+            p.name(),
+            p.version()
+        ));
+        s.push_str(&format!(
+            "max_thread_model={}\nthread_model={}\nerrno_is_preserved=1\n",
+            p.thread_model().name(),
+            chain.thread_model().name()
+        ));
+    }
     if let Some(k) = p.magic_config_key() {
         s.push_str(&format!("magic_config_key={k}\n"));
     }

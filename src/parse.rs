@@ -95,6 +95,80 @@ pub fn parse_unsigned(what: &str, s: &str, max: u64) -> Result<u64> {
     Ok(v)
 }
 
+/// Parse a signed integer the way `nbdkit_parse_int` and friends read it
+/// (`strtoll(s, NULL, 0)`: decimal, `0x` hex or leading-`0` octal, optional
+/// leading whitespace and sign), requiring the whole string to be consumed
+/// and `min <= value <= max`.  `what` names the value in errors.
+pub fn parse_signed(what: &str, s: &str, min: i64, max: i64) -> Result<i64> {
+    let range = || Error::config(format!("{what}: number out of range: \"{s}\""));
+    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (negative, rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if rest.starts_with(['+', '-', ' ']) {
+        return Err(Error::config(format!(
+            "{what}: could not parse number: \"{s}\""
+        )));
+    }
+    let magnitude = parse_unsigned(what, rest, u64::MAX).map_err(|e| {
+        if e.message().contains("out of range") {
+            range()
+        } else {
+            Error::config(format!("{what}: could not parse number: \"{s}\""))
+        }
+    })?;
+    let v = if negative {
+        if magnitude > i64::MAX as u64 + 1 {
+            return Err(range());
+        }
+        (magnitude as i128).wrapping_neg() as i64
+    } else {
+        i64::try_from(magnitude).map_err(|_| range())?
+    };
+    if v < min || v > max {
+        return Err(range());
+    }
+    Ok(v)
+}
+
+/// Parse a probability as `nbdkit_parse_probability` does: a decimal
+/// number (`0.1`, `1e-1`), a percentage (`10%`) or a ratio (`1:10`,
+/// `1/10`).  The result is finite and >= 0, possibly above 1 (`200%`).
+pub fn parse_probability(what: &str, s: &str) -> Result<f64> {
+    let bad = || Error::config(format!("{what}: could not parse probability: \"{s}\""));
+    let num = |t: &str| -> Result<f64> {
+        let t = t.trim();
+        if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        {
+            return Err(bad());
+        }
+        t.parse::<f64>().map_err(|_| bad())
+    };
+    let v = if let Some((a, b)) = s.split_once([':', '/']) {
+        let d = num(b)?;
+        if d == 0.0 {
+            return Err(Error::config(format!(
+                "{what}: probability has a zero denominator: \"{s}\""
+            )));
+        }
+        num(a)? / d
+    } else if let Some(p) = s.trim_end().strip_suffix('%') {
+        num(p)? / 100.0
+    } else {
+        num(s)?
+    };
+    if !v.is_finite() || v < 0.0 {
+        return Err(Error::config(format!(
+            "{what}: probability out of range: \"{s}\""
+        )));
+    }
+    Ok(v)
+}
+
 /// Parse a delay as `nbdkit_parse_delay` does: a non-negative decimal number
 /// of seconds, optionally with a unit suffix `s`, `ms`, `us` (or `μs`) or
 /// `ns` (`1`, `1.5`, `1.5s`, `120ms`, `10us`, `1ns`).
@@ -126,6 +200,36 @@ pub fn parse_delay(what: &str, s: &str) -> Result<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_integers_follow_strtoll() {
+        let p = |s| parse_signed("x", s, i32::MIN as i64, i32::MAX as i64);
+        assert_eq!(p("-12").unwrap(), -12);
+        assert_eq!(p(" +0x10").unwrap(), 16);
+        assert_eq!(p("-010").unwrap(), -8);
+        assert_eq!(p("-2147483648").unwrap(), i32::MIN as i64);
+        assert!(p("2147483648").is_err());
+        assert!(p("-2147483649").is_err());
+        for bad in ["", "-", "1x", "--1", "+-1", "- 1", "1 "] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_signed("x", "-9223372036854775808", i64::MIN, i64::MAX).unwrap(),
+            i64::MIN
+        );
+    }
+
+    #[test]
+    fn probabilities() {
+        let p = |s| parse_probability("p", s);
+        for s in ["0.1", "1e-1", "10%", "1:10", "1/10"] {
+            assert!((p(s).unwrap() - 0.1).abs() < 1e-12, "{s}");
+        }
+        assert_eq!(p("200%").unwrap(), 2.0);
+        for bad in ["", "x", "-1", "1:0", "10%%", "inf", "nan"] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+    }
 
     /// nbdkit's own accept table (human-size-test-cases.h).
     #[test]

@@ -112,6 +112,18 @@ pub struct ZeroFlags {
     pub fast: bool,
 }
 
+/// What `--dump-plugin` shows about a plugin loaded from a shared object
+/// (nbdkit's C plugin ABI, see `plugins::cabi`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedObjectInfo {
+    pub path: String,
+    pub api_version: i32,
+    pub struct_size: u64,
+    pub errno_is_preserved: bool,
+    /// The thread model the plugin declared at compile time.
+    pub max_thread_model: ThreadModel,
+}
+
 /// A plugin: the global, configured object (nbdkit's `struct nbdkit_plugin`).
 pub trait Plugin: Send + Sync {
     /// Short name (`memory`, `file`, ...).
@@ -175,6 +187,11 @@ pub trait Plugin: Send + Sync {
     /// one of its debug flags (nbdkit's `NAME_debug_FLAG` variables).
     fn debug_flag(&mut self, _flag: &str, _value: &str) -> Result<bool> {
         Ok(false)
+    }
+
+    /// For a plugin loaded from a `.so`: its path and ABI details.
+    fn shared_object(&self) -> Option<SharedObjectInfo> {
+        None
     }
 
     /// Extra `key=value` lines for `--dump-plugin`.

@@ -1,6 +1,7 @@
 //! Built-in plugins, one file each, and the registry that creates them by
 //! name.
 
+pub mod cabi;
 pub mod concat;
 pub mod curl;
 pub mod eval;

@@ -5,6 +5,8 @@ mod harness;
 
 mod accept;
 mod blocksize;
+mod cabi;
+mod cabi_c;
 mod cache;
 mod caps;
 mod captive;

@@ -4,13 +4,31 @@
 pub mod curl;
 pub mod example1;
 pub mod file;
+pub mod full;
 pub mod memory;
 pub mod null;
+pub mod ones;
+pub mod pattern;
+pub mod random;
+pub mod sparse_random;
+pub mod zero;
 
 use crate::plugin::Plugin;
 
 /// Names of the built-in plugins.
-pub const NAMES: &[&str] = &["curl", "example1", "file", "memory", "null"];
+pub const NAMES: &[&str] = &[
+    "curl",
+    "example1",
+    "file",
+    "full",
+    "memory",
+    "null",
+    "ones",
+    "pattern",
+    "random",
+    "sparse-random",
+    "zero",
+];
 
 /// A fresh, unconfigured plugin by short name; `None` if unknown.
 pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
@@ -20,6 +38,12 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "full" => Some(Box::new(full::FullPlugin::new())),
+        "ones" => Some(Box::new(ones::OnesPlugin::new())),
+        "pattern" => Some(Box::new(pattern::PatternPlugin::new())),
+        "random" => Some(Box::new(random::RandomPlugin::new())),
+        "sparse-random" => Some(Box::new(sparse_random::SparseRandomPlugin::new())),
+        "zero" => Some(Box::new(zero::ZeroPlugin::new())),
         _ => None,
     }
 }

@@ -27,6 +27,7 @@ mod protocol;
 mod ranges;
 mod readahead;
 mod service;
+mod synthetic;
 mod tar;
 mod tls;
 mod webserver;

@@ -2,6 +2,7 @@
 //! name.
 
 pub mod curl;
+pub mod data;
 pub mod example1;
 pub mod file;
 pub mod full;
@@ -18,6 +19,7 @@ use crate::plugin::Plugin;
 /// Names of the built-in plugins.
 pub const NAMES: &[&str] = &[
     "curl",
+    "data",
     "example1",
     "file",
     "full",
@@ -38,6 +40,7 @@ pub fn new_plugin(name: &str) -> Option<Box<dyn Plugin>> {
         "file" => Some(Box::new(file::FilePlugin::new())),
         "memory" => Some(Box::new(memory::MemoryPlugin::new())),
         "null" => Some(Box::new(null::NullPlugin::new())),
+        "data" => Some(Box::new(data::DataPlugin::new())),
         "full" => Some(Box::new(full::FullPlugin::new())),
         "ones" => Some(Box::new(ones::OnesPlugin::new())),
         "pattern" => Some(Box::new(pattern::PatternPlugin::new())),

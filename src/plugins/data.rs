@@ -64,7 +64,9 @@ impl DataPlugin {
             Some((Kind::Data, _)) => format::evaluate(&self.ast),
             Some((Kind::Raw, s)) => Ok(Image::from_data(s.as_bytes().to_vec())),
             Some((Kind::Base64, s)) => Ok(Image::from_data(decode_base64(s)?)),
-            None => Err(Error::config("data: raw|base64|data parameter was not specified")),
+            None => Err(Error::config(
+                "data: raw|base64|data parameter was not specified",
+            )),
         }
     }
 }
@@ -126,7 +128,7 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>> {
             acc &= (1 << bits) - 1;
         }
     }
-    if n % 4 != 0 || pad > 2 {
+    if !n.is_multiple_of(4) || pad > 2 {
         return Err(Error::config(
             "data: base64: the length is not a multiple of 4 (missing '=' padding?)",
         ));
@@ -157,7 +159,8 @@ const CALLBACKS: &[&str] = &[
 
 fn is_var_name(k: &str) -> bool {
     let mut c = k.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
@@ -292,7 +295,9 @@ impl Plugin for DataPlugin {
         let (img, implied) = self.image()?;
         let size = self.size.unwrap_or(implied);
         if size > MAX_SIZE {
-            return Err(Error::config("data: the disk would be larger than 2^63-1 bytes"));
+            return Err(Error::config(
+                "data: the disk would be larger than 2^63-1 bytes",
+            ));
         }
         crate::log::debug(format!("data: implied size {implied}, final size {size}"));
         let storage = self.kind.create(size)?;

@@ -279,7 +279,7 @@ impl Parser<'_> {
             (10, start)
         };
         let digits_at = j;
-        while t.get(j).is_some_and(|c| (*c as char).is_digit(16)) {
+        while t.get(j).is_some_and(|c| c.is_ascii_hexdigit()) {
             if radix != 16 && !t[j].is_ascii_digit() {
                 break;
             }
@@ -340,7 +340,9 @@ impl Parser<'_> {
             Some(b'-') => Expr::Rel(true, n),
             Some(b'^') => {
                 if !n.is_power_of_two() {
-                    return Err(self.err_at(start, format!("@^{n}: alignment must be a power of 2")));
+                    return Err(
+                        self.err_at(start, format!("@^{n}: alignment must be a power of 2"))
+                    );
                 }
                 Expr::Align(n)
             }
@@ -393,7 +395,10 @@ impl Parser<'_> {
             self.i += 1;
         }
         if self.i == from {
-            return Err(self.err_at(start, "\\ must be followed by a NAME (letters, digits, - and _)"));
+            return Err(self.err_at(
+                start,
+                "\\ must be followed by a NAME (letters, digits, - and _)",
+            ));
         }
         Ok(String::from_utf8_lossy(&self.text()[from..self.i]).into_owned())
     }
@@ -403,10 +408,16 @@ impl Parser<'_> {
         let start = self.i;
         self.i += 1;
         let from = self.i;
-        if !self.peek().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_') {
+        if !self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        {
             return Err(self.err_at(start, "$ must be followed by a variable name"));
         }
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
             self.i += 1;
         }
         let name = String::from_utf8_lossy(&self.text()[from..self.i]).into_owned();
@@ -503,11 +514,17 @@ impl Parser<'_> {
                         b'v' => 0xb,
                         b'x' => {
                             let t = self.text();
-                            let hex = t.get(self.i..self.i + 2).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                            let hex = t
+                                .get(self.i..self.i + 2)
+                                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
                             let Some(h) = hex else {
-                                return Err(self.err_at(esc_at, "\\x must be followed by exactly two hexadecimal digits"));
+                                return Err(self.err_at(
+                                    esc_at,
+                                    "\\x must be followed by exactly two hexadecimal digits",
+                                ));
                             };
-                            let v = u8::from_str_radix(std::str::from_utf8(h).unwrap_or("0"), 16).unwrap_or(0);
+                            let v = u8::from_str_radix(std::str::from_utf8(h).unwrap_or("0"), 16)
+                                .unwrap_or(0);
                             self.i += 2;
                             v
                         }
@@ -524,12 +541,16 @@ impl Parser<'_> {
                                 }
                             }
                             if v > 255 {
-                                return Err(self.err_at(esc_at, "octal escape is larger than \\377"));
+                                return Err(
+                                    self.err_at(esc_at, "octal escape is larger than \\377")
+                                );
                             }
                             v as u8
                         }
                         b'u' | b'U' => {
-                            return Err(self.err_at(esc_at, "unicode escapes are not supported in strings"))
+                            return Err(
+                                self.err_at(esc_at, "unicode escapes are not supported in strings")
+                            )
                         }
                         other => other,
                     };
@@ -563,9 +584,17 @@ impl Parser<'_> {
             "be16" => (16, true),
             "be32" => (32, true),
             "be64" => (64, true),
-            _ => return Err(self.err_at(start, "expected le16:, le32:, le64:, be16:, be32: or be64:")),
+            _ => {
+                return Err(
+                    self.err_at(start, "expected le16:, le32:, le64:, be16:, be32: or be64:")
+                )
+            }
         };
-        let max = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let max = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
         let v = parse_unsigned(kind, value, max).map_err(|e| self.err_at(start, e.message()))?;
         let n = bits / 8;
         let bytes = if big {
@@ -778,7 +807,10 @@ fn run_script(pos: &Pos, script: &str, limit: Option<u64>) -> Result<Vec<u8>> {
         .process_group(0)
         .spawn()
         .map_err(|e| pos.error(format!("<(SCRIPT): cannot run /bin/sh: {e}")))?;
-    let mut out = child.stdout.take().ok_or_else(|| pos.error("<(SCRIPT): no pipe"))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| pos.error("<(SCRIPT): no pipe"))?;
     let mut data = Vec::new();
     let r = match limit {
         Some(l) => (&mut out).take(l).read_to_end(&mut data),

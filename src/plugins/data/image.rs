@@ -20,6 +20,10 @@ impl Seg {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The part `[from, from+n)` of this segment.
     fn piece(&self, from: u64, n: u64) -> Seg {
         match self {

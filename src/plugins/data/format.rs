@@ -28,10 +28,16 @@ pub struct Source {
 }
 
 /// A token's position, for error messages.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pos {
     src: Arc<Source>,
     at: usize,
+}
+
+impl std::fmt::Debug for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.src.what, self.at)
+    }
 }
 
 impl Pos {
@@ -736,6 +742,20 @@ fn eval_node<'a>(node: &'a Node, env: Rc<Env<'a>>) -> Result<(Image, u64)> {
             let mut img = Image::new();
             if let Some(b) = sub.as_fill(len) {
                 img.put(0, Seg::Fill(b, total));
+            } else if let Some(d) = sub.as_dense(len) {
+                // One buffer for the whole repeat.
+                let mut buf = Vec::new();
+                usize::try_from(total)
+                    .ok()
+                    .and_then(|t| buf.try_reserve_exact(t).ok())
+                    .ok_or_else(|| {
+                        node.pos
+                            .error(format!("cannot allocate {total} bytes for this repeat"))
+                    })?;
+                for _ in 0..times {
+                    buf.extend_from_slice(d);
+                }
+                img.put(0, Seg::Data(buf));
             } else if !sub.is_empty() {
                 for k in 0..times {
                     img.blit(&sub, 0, len, k * len);

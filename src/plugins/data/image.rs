@@ -76,6 +76,15 @@ impl Image {
         }
     }
 
+    /// If the image is exactly one data buffer of `len` bytes, that buffer.
+    pub fn as_dense(&self, len: u64) -> Option<&[u8]> {
+        let mut it = self.segs.iter();
+        match (it.next(), it.next()) {
+            (Some((0, Seg::Data(d))), None) if d.len() as u64 == len => Some(d),
+            _ => None,
+        }
+    }
+
     /// The segments in order: `(offset, segment)`.
     pub fn segments(&self) -> impl Iterator<Item = (u64, &Seg)> {
         self.segs.iter().map(|(&k, s)| (k, s))

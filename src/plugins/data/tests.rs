@@ -136,6 +136,7 @@ fn errors_point_at_the_token() {
     assert!(err("\\").contains("NAME"));
     assert!(err(&"(".repeat(1000)).contains("nested too deeply"));
     assert!(err("@9223372036854775807 1").contains("2^63-1"));
+    assert!(err("\"ab\"*4000000000000000").contains("cannot allocate"));
 }
 
 #[test]

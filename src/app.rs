@@ -106,7 +106,11 @@ where
         let bare = !bytes.iter().position(|&b| b == b'=').is_some_and(|i| {
             std::str::from_utf8(&bytes[..i]).is_ok_and(crate::layers::is_config_key)
         });
-        if i == 0 && bare && chain.plugin.magic_config_key().is_none() {
+        // (Only for loaded plugins: none of ours takes `script=` without
+        // making it the magic key, so a built-in gets the clearer
+        // "expecting key=value" error.)
+        let loaded = chain.plugin.shared_object().is_some();
+        if i == 0 && bare && loaded && chain.plugin.magic_config_key().is_none() {
             let mut script = std::ffi::OsString::from("script=");
             script.push(p);
             chain.config_param(script)?;

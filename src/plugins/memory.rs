@@ -193,6 +193,14 @@ pub struct MemoryHandle {
     storage: Arc<dyn Allocator>,
 }
 
+impl MemoryHandle {
+    /// A handle on `storage` for a disk of `size` bytes (the data plugin
+    /// serves its disk through the same handle).
+    pub fn new(size: u64, storage: Arc<dyn Allocator>) -> Self {
+        MemoryHandle { size, storage }
+    }
+}
+
 impl Handle for MemoryHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)

@@ -10,6 +10,7 @@ pub mod cacheextents;
 pub mod checkwrite;
 pub mod cow;
 pub mod delay;
+pub mod error;
 pub mod exitlast;
 pub mod exitwhen;
 pub mod exportname;
@@ -19,6 +20,7 @@ pub(crate) mod fake;
 pub mod fua;
 pub mod ip;
 pub mod limit;
+pub mod log;
 pub mod multi_conn;
 pub mod nocache;
 pub mod noextents;
@@ -52,6 +54,7 @@ pub const NAMES: &[&str] = &[
     "checkwrite",
     "cow",
     "delay",
+    "error",
     "exitlast",
     "exitwhen",
     "exportname",
@@ -60,6 +63,7 @@ pub const NAMES: &[&str] = &[
     "gzip",
     "ip",
     "limit",
+    "log",
     "multi-conn",
     "nocache",
     "noextents",
@@ -90,6 +94,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
+        "error" => Some(Box::new(error::ErrorFilter::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
         "exportname" => Some(Box::new(exportname::ExportName::new())),
@@ -98,6 +103,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "gzip" => Some(Box::new(unpack::Unpack::new(unpack::Format::Gzip))),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
+        "log" => Some(Box::new(log::Log::new())),
         "multi-conn" => Some(Box::new(multi_conn::MultiConn::new())),
         "nocache" => Some(Box::new(nocache::NoCache::new())),
         "noextents" => Some(Box::new(noextents::NoExtents::new())),

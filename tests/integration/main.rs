@@ -20,6 +20,7 @@ mod file;
 mod filters;
 mod hostile;
 mod lifecycle;
+mod log;
 mod memory;
 mod null;
 mod partition;

@@ -15,6 +15,7 @@ mod cow;
 mod curl;
 mod curl_filters;
 mod decomp;
+mod error;
 mod example1;
 mod file;
 mod filters;

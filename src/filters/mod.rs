@@ -8,6 +8,7 @@ pub mod blocksize_policy;
 pub mod cache;
 pub mod cacheextents;
 pub mod checkwrite;
+pub mod count;
 pub mod cow;
 pub mod delay;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod readonly;
 pub mod retry;
 pub mod retry_request;
 pub mod source;
+pub mod stats;
 pub mod swab;
 pub mod tar;
 mod tmpfile;
@@ -52,6 +54,7 @@ pub const NAMES: &[&str] = &[
     "cache",
     "cacheextents",
     "checkwrite",
+    "count",
     "cow",
     "delay",
     "error",
@@ -77,6 +80,7 @@ pub const NAMES: &[&str] = &[
     "readonly",
     "retry",
     "retry-request",
+    "stats",
     "swab",
     "tar",
     "truncate",
@@ -92,6 +96,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "cache" => Some(Box::new(cache::Cache::new())),
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
+        "count" => Some(Box::new(count::Count::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "error" => Some(Box::new(error::ErrorFilter::new())),
@@ -117,6 +122,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "stats" => Some(Box::new(stats::Stats::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),

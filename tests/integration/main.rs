@@ -29,6 +29,7 @@ mod protocol;
 mod ranges;
 mod readahead;
 mod service;
+mod stats;
 mod tar;
 mod tls;
 mod webserver;

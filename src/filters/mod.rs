@@ -31,6 +31,7 @@ pub mod nozero;
 pub mod offset;
 pub mod partition;
 pub mod protect;
+pub mod rate;
 pub mod readahead;
 pub mod readonly;
 pub mod retry;
@@ -76,6 +77,7 @@ pub const NAMES: &[&str] = &[
     "offset",
     "partition",
     "protect",
+    "rate",
     "readahead",
     "readonly",
     "retry",
@@ -118,6 +120,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
         "protect" => Some(Box::new(protect::Protect::new())),
+        "rate" => Some(Box::new(rate::Rate::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),

@@ -27,6 +27,7 @@ mod null;
 mod partition;
 mod protocol;
 mod ranges;
+mod rate;
 mod readahead;
 mod service;
 mod stats;

@@ -12,6 +12,7 @@ pub mod count;
 pub mod cow;
 pub mod delay;
 pub mod error;
+pub mod evil;
 pub mod exitlast;
 pub mod exitwhen;
 pub mod exportname;
@@ -59,6 +60,7 @@ pub const NAMES: &[&str] = &[
     "cow",
     "delay",
     "error",
+    "evil",
     "exitlast",
     "exitwhen",
     "exportname",
@@ -102,6 +104,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "error" => Some(Box::new(error::ErrorFilter::new())),
+        "evil" => Some(Box::new(evil::Evil::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
         "exportname" => Some(Box::new(exportname::ExportName::new())),

@@ -16,6 +16,7 @@ mod curl;
 mod curl_filters;
 mod decomp;
 mod error;
+mod evil;
 mod example1;
 mod file;
 mod filters;

@@ -120,7 +120,7 @@ impl Shared {
                 }
             }
             Mode::StuckWires => {
-                let mut rng = Rng(self.seed ^ 0x5717_c3_3e11);
+                let mut rng = Rng(self.seed ^ 0x0057_17c3_3e11);
                 let bits = buf.len() as u64 * 8;
                 self.apply_stuck(&mut rng, buf, 0, bits);
             }

@@ -8,8 +8,11 @@ pub mod blocksize_policy;
 pub mod cache;
 pub mod cacheextents;
 pub mod checkwrite;
+pub mod count;
 pub mod cow;
 pub mod delay;
+pub mod error;
+pub mod evil;
 pub mod exitlast;
 pub mod exitwhen;
 pub mod exportname;
@@ -19,6 +22,7 @@ pub(crate) mod fake;
 pub mod fua;
 pub mod ip;
 pub mod limit;
+pub mod log;
 pub mod multi_conn;
 pub mod nocache;
 pub mod noextents;
@@ -28,11 +32,13 @@ pub mod nozero;
 pub mod offset;
 pub mod partition;
 pub mod protect;
+pub mod rate;
 pub mod readahead;
 pub mod readonly;
 pub mod retry;
 pub mod retry_request;
 pub mod source;
+pub mod stats;
 pub mod swab;
 pub mod tar;
 mod tmpfile;
@@ -50,8 +56,11 @@ pub const NAMES: &[&str] = &[
     "cache",
     "cacheextents",
     "checkwrite",
+    "count",
     "cow",
     "delay",
+    "error",
+    "evil",
     "exitlast",
     "exitwhen",
     "exportname",
@@ -60,6 +69,7 @@ pub const NAMES: &[&str] = &[
     "gzip",
     "ip",
     "limit",
+    "log",
     "multi-conn",
     "nocache",
     "noextents",
@@ -69,10 +79,12 @@ pub const NAMES: &[&str] = &[
     "offset",
     "partition",
     "protect",
+    "rate",
     "readahead",
     "readonly",
     "retry",
     "retry-request",
+    "stats",
     "swab",
     "tar",
     "truncate",
@@ -88,8 +100,11 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "cache" => Some(Box::new(cache::Cache::new())),
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
+        "count" => Some(Box::new(count::Count::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
+        "error" => Some(Box::new(error::ErrorFilter::new())),
+        "evil" => Some(Box::new(evil::Evil::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),
         "exportname" => Some(Box::new(exportname::ExportName::new())),
@@ -98,6 +113,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "gzip" => Some(Box::new(unpack::Unpack::new(unpack::Format::Gzip))),
         "ip" => Some(Box::new(ip::Ip::new())),
         "limit" => Some(Box::new(limit::Limit::new())),
+        "log" => Some(Box::new(log::Log::new())),
         "multi-conn" => Some(Box::new(multi_conn::MultiConn::new())),
         "nocache" => Some(Box::new(nocache::NoCache::new())),
         "noextents" => Some(Box::new(noextents::NoExtents::new())),
@@ -107,10 +123,12 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
         "protect" => Some(Box::new(protect::Protect::new())),
+        "rate" => Some(Box::new(rate::Rate::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "stats" => Some(Box::new(stats::Stats::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),

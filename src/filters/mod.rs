@@ -32,9 +32,12 @@ pub mod readahead;
 pub mod readonly;
 pub mod retry;
 pub mod retry_request;
+pub mod rotational;
 pub mod source;
+pub mod spinning;
 pub mod swab;
 pub mod tar;
+pub mod time_limit;
 mod tmpfile;
 pub mod truncate;
 pub mod unpack;
@@ -73,8 +76,11 @@ pub const NAMES: &[&str] = &[
     "readonly",
     "retry",
     "retry-request",
+    "rotational",
+    "spinning",
     "swab",
     "tar",
+    "time-limit",
     "truncate",
     "xz",
 ];
@@ -111,8 +117,11 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "rotational" => Some(Box::new(rotational::Rotational::new())),
+        "spinning" => Some(Box::new(spinning::Spinning::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "time-limit" => Some(Box::new(time_limit::TimeLimit::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),
         "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,

@@ -28,5 +28,6 @@ mod ranges;
 mod readahead;
 mod service;
 mod tar;
+mod time_filters;
 mod tls;
 mod webserver;

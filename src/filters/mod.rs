@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cacheextents;
 pub mod checkwrite;
 pub mod cow;
+pub mod ddrescue;
 pub mod delay;
 pub mod exitlast;
 pub mod exitwhen;
@@ -54,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "cacheextents",
     "checkwrite",
     "cow",
+    "ddrescue",
     "delay",
     "exitlast",
     "exitwhen",
@@ -95,6 +97,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "cacheextents" => Some(Box::new(cacheextents::CacheExtents::new())),
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
+        "ddrescue" => Some(Box::new(ddrescue::Ddrescue::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "exitlast" => Some(Box::new(exitlast::ExitLast::new())),
         "exitwhen" => Some(Box::new(exitwhen::ExitWhen::new())),

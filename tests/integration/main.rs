@@ -14,6 +14,7 @@ mod concurrency;
 mod cow;
 mod curl;
 mod curl_filters;
+mod ddrescue;
 mod decomp;
 mod example1;
 mod file;

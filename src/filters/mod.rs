@@ -28,6 +28,7 @@ pub mod noparallel;
 pub mod nozero;
 pub mod offset;
 pub mod partition;
+pub mod pause;
 pub mod protect;
 pub mod readahead;
 pub mod readonly;
@@ -73,6 +74,7 @@ pub const NAMES: &[&str] = &[
     "nozero",
     "offset",
     "partition",
+    "pause",
     "protect",
     "readahead",
     "readonly",
@@ -115,6 +117,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "nozero" => Some(Box::new(nozero::NoZero::new())),
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
+        "pause" => Some(Box::new(pause::Pause::new())),
         "protect" => Some(Box::new(protect::Protect::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),

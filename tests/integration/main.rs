@@ -24,6 +24,7 @@ mod lifecycle;
 mod memory;
 mod null;
 mod partition;
+mod pause;
 mod protocol;
 mod ranges;
 mod readahead;

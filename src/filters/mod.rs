@@ -40,6 +40,7 @@ pub mod spinning;
 pub mod swab;
 pub mod tar;
 pub mod time_limit;
+pub mod tls_fallback;
 mod tmpfile;
 pub mod truncate;
 pub mod unpack;
@@ -85,6 +86,7 @@ pub const NAMES: &[&str] = &[
     "swab",
     "tar",
     "time-limit",
+    "tls-fallback",
     "truncate",
     "xz",
 ];
@@ -128,6 +130,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
         "time-limit" => Some(Box::new(time_limit::TimeLimit::new())),
+        "tls-fallback" => Some(Box::new(tls_fallback::TlsFallback::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),
         "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,

@@ -32,4 +32,5 @@ mod service;
 mod tar;
 mod time_filters;
 mod tls;
+mod tls_fallback;
 mod webserver;

@@ -35,6 +35,7 @@ pub mod readonly;
 pub mod retry;
 pub mod retry_request;
 pub mod rotational;
+pub mod scan;
 pub mod source;
 pub mod spinning;
 pub mod swab;
@@ -82,6 +83,7 @@ pub const NAMES: &[&str] = &[
     "retry",
     "retry-request",
     "rotational",
+    "scan",
     "spinning",
     "swab",
     "tar",
@@ -126,6 +128,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
         "rotational" => Some(Box::new(rotational::Rotational::new())),
+        "scan" => Some(Box::new(scan::Scan::new())),
         "spinning" => Some(Box::new(spinning::Spinning::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),

@@ -28,6 +28,7 @@ mod pause;
 mod protocol;
 mod ranges;
 mod readahead;
+mod scan;
 mod service;
 mod tar;
 mod time_filters;

@@ -124,7 +124,6 @@ where
     chain.config_complete()?;
     let thread_model = chain.thread_model();
     log::debug(format!("using thread model: {}", thread_model.name()));
-    crate::server::set_final_thread_model(thread_model);
     let stack = chain.into_stack();
     stack.get_ready()?;
     let tls = tls::init(&opts)?;

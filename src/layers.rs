@@ -28,6 +28,7 @@ use crate::server::peer::Peer;
 use nix::errno::Errno;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Flags passed down the chain with data calls (nbdkit's `NBDKIT_FLAG_*`).
@@ -179,6 +180,7 @@ impl Chain {
 
     /// Freeze the configured chain for serving.
     pub fn into_stack(self) -> Stack {
+        SERVER_THREAD_MODEL.store(self.thread_model() as u8, Ordering::Relaxed);
         let plugin: Arc<dyn Plugin> = Arc::from(self.plugin);
         let filters: Vec<Arc<dyn Filter>> = self.filters.into_iter().map(Arc::from).collect();
         let traced = |b: Arc<dyn Backend>| -> Arc<dyn Backend> {
@@ -203,6 +205,21 @@ impl Chain {
             plugin,
             backend,
         }
+    }
+}
+
+/// The thread model of the whole server, set when the chain is frozen
+/// (what nbdkit passes to a filter's `get_ready`).
+static SERVER_THREAD_MODEL: AtomicU8 = AtomicU8::new(ThreadModel::Parallel as u8);
+
+/// The server's final thread model (the most restrictive of all layers),
+/// for filters whose `get_ready` or connections depend on it.
+pub fn server_thread_model() -> ThreadModel {
+    match SERVER_THREAD_MODEL.load(Ordering::Relaxed) {
+        0 => ThreadModel::SerializeConnections,
+        1 => ThreadModel::SerializeAllRequests,
+        2 => ThreadModel::SerializeRequests,
+        _ => ThreadModel::Parallel,
     }
 }
 

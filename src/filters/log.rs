@@ -244,7 +244,6 @@ pub struct Log {
     append: bool,
     script: Option<String>,
     out: Arc<Output>,
-    thread_model: ThreadModel,
     pid: AtomicU64,
 }
 
@@ -255,7 +254,6 @@ impl Log {
             append: false,
             script: None,
             out: Arc::new(Output::new(None)),
-            thread_model: ThreadModel::Parallel,
             pid: AtomicU64::new(0),
         }
     }
@@ -331,7 +329,7 @@ impl Filter for Log {
         }
         self.pid
             .store(u64::from(std::process::id()), Ordering::Relaxed);
-        let model = crate::server::final_thread_model().unwrap_or(self.thread_model);
+        let model = crate::layers::server_thread_model();
         let n = match model {
             ThreadModel::SerializeConnections => 0,
             ThreadModel::SerializeAllRequests => 1,

@@ -10,6 +10,7 @@ pub mod cacheextents;
 pub mod checkwrite;
 pub mod count;
 pub mod cow;
+pub mod ddrescue;
 pub mod delay;
 pub mod error;
 pub mod evil;
@@ -31,16 +32,22 @@ pub mod noparallel;
 pub mod nozero;
 pub mod offset;
 pub mod partition;
+pub mod pause;
 pub mod protect;
 pub mod rate;
 pub mod readahead;
 pub mod readonly;
 pub mod retry;
 pub mod retry_request;
+pub mod rotational;
+pub mod scan;
 pub mod source;
+pub mod spinning;
 pub mod stats;
 pub mod swab;
 pub mod tar;
+pub mod time_limit;
+pub mod tls_fallback;
 mod tmpfile;
 pub mod truncate;
 pub mod unpack;
@@ -58,6 +65,7 @@ pub const NAMES: &[&str] = &[
     "checkwrite",
     "count",
     "cow",
+    "ddrescue",
     "delay",
     "error",
     "evil",
@@ -78,15 +86,21 @@ pub const NAMES: &[&str] = &[
     "nozero",
     "offset",
     "partition",
+    "pause",
     "protect",
     "rate",
     "readahead",
     "readonly",
     "retry",
     "retry-request",
+    "rotational",
+    "scan",
+    "spinning",
     "stats",
     "swab",
     "tar",
+    "time-limit",
+    "tls-fallback",
     "truncate",
     "xz",
 ];
@@ -102,6 +116,7 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "checkwrite" => Some(Box::new(checkwrite::CheckWrite::new())),
         "count" => Some(Box::new(count::Count::new())),
         "cow" => Some(Box::new(cow::Cow::new())),
+        "ddrescue" => Some(Box::new(ddrescue::Ddrescue::new())),
         "delay" => Some(Box::new(delay::Delay::new())),
         "error" => Some(Box::new(error::ErrorFilter::new())),
         "evil" => Some(Box::new(evil::Evil::new())),
@@ -122,15 +137,21 @@ pub fn new_filter(name: &str) -> Option<Box<dyn Filter>> {
         "nozero" => Some(Box::new(nozero::NoZero::new())),
         "offset" => Some(Box::new(offset::Offset::new())),
         "partition" => Some(Box::new(partition::Partition::new())),
+        "pause" => Some(Box::new(pause::Pause::new())),
         "protect" => Some(Box::new(protect::Protect::new())),
         "rate" => Some(Box::new(rate::Rate::new())),
         "readahead" => Some(Box::new(readahead::Readahead::new())),
         "readonly" => Some(Box::new(readonly::ReadOnly::new())),
         "retry" => Some(Box::new(retry::Retry::new())),
         "retry-request" => Some(Box::new(retry_request::RetryRequest::new())),
+        "rotational" => Some(Box::new(rotational::Rotational::new())),
+        "scan" => Some(Box::new(scan::Scan::new())),
+        "spinning" => Some(Box::new(spinning::Spinning::new())),
         "stats" => Some(Box::new(stats::Stats::new())),
         "swab" => Some(Box::new(swab::Swab::new())),
         "tar" => Some(Box::new(tar::Tar::new())),
+        "time-limit" => Some(Box::new(time_limit::TimeLimit::new())),
+        "tls-fallback" => Some(Box::new(tls_fallback::TlsFallback::new())),
         "truncate" => Some(Box::new(truncate::Truncate::new())),
         "xz" => Some(Box::new(xz::Xz::new())),
         _ => None,

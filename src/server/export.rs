@@ -42,7 +42,7 @@ impl Export {
         readonly: bool,
         thread_model: ThreadModel,
     ) -> Result<Export> {
-        let ctx = backend.open(readonly, name, false)?;
+        let ctx = backend.open(readonly, name, crate::server::tls::is_tls())?;
         ctx.prepare(readonly)?;
         let size = ctx.get_size()?;
         let write = !readonly && ctx.can_write()?;

@@ -46,21 +46,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// The thread model the server runs with (the strictest of all layers), set
-/// once before `get_ready` so a filter can report it (the log filter's
-/// `Ready` line, as nbdkit's `get_ready (thread_model)`).
-static FINAL_THREAD_MODEL: std::sync::OnceLock<ThreadModel> = std::sync::OnceLock::new();
-
-/// Record the server's thread model (first call wins).
-pub fn set_final_thread_model(model: ThreadModel) {
-    let _ = FINAL_THREAD_MODEL.set(model);
-}
-
-/// The server's thread model, once known.
-pub fn final_thread_model() -> Option<ThreadModel> {
-    FINAL_THREAD_MODEL.get().copied()
-}
-
 /// Lock `m`, carrying on if a thread panicked while holding it (the data
 /// guarded here stays consistent: maps of fds, or `()` for serialization).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

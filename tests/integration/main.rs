@@ -22,6 +22,7 @@ mod hostile;
 mod lifecycle;
 mod memory;
 mod null;
+mod package;
 mod partition;
 mod protocol;
 mod ranges;

@@ -31,6 +31,13 @@ fn deb() -> &'static Path {
             Some(p) => p.to_string_lossy().into_owned(),
             None => "release".into(),
         };
+        let man1 = exe.parent().unwrap().join("man/man1");
+        assert!(
+            man1.join("nbdkit.1.gz").exists(),
+            "no manual pages in {}: build.rs makes them with pandoc \
+             (apt-get install pandoc, then rebuild; scripts/test.sh installs it)",
+            man1.display()
+        );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let o = run_cmd(
             Command::new(cargo)

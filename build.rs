@@ -32,19 +32,22 @@ fn main() {
     let man_dir = profile_dir.join("man");
 
     let pandoc = std::env::var("PANDOC").unwrap_or_else(|_| "pandoc".into());
-    if Command::new(&pandoc)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
+    let Some(found) = find_program(&pandoc) else {
         println!(
             "cargo:warning=pandoc not found: building without manual pages \
              (apt-get install pandoc; scripts/test.sh does)"
         );
+        // Come back when pandoc is installed (scripts/demo builds before
+        // scripts/test.sh installs it).
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            if dir.is_absolute() && dir.is_dir() {
+                println!("cargo:rerun-if-changed={}", dir.display());
+            }
+        }
         return;
-    }
+    };
+    // And again when it is upgraded.
+    println!("cargo:rerun-if-changed={}", found.display());
 
     let pages = pages(Path::new("docs"));
     let _ = std::fs::remove_dir_all(&man_dir);
@@ -59,7 +62,7 @@ fn main() {
     for chunk in pages.chunks(4) {
         std::thread::scope(|s| {
             for page in chunk {
-                let (man_dir, filter, pandoc) = (&man_dir, &filter, &pandoc);
+                let (man_dir, filter, pandoc) = (&man_dir, &filter, &found);
                 s.spawn(move || {
                     if let Err(e) = make_page(pandoc, filter, page, man_dir) {
                         panic!("manual page {}({}): {e}", page.name, page.section);
@@ -68,6 +71,25 @@ fn main() {
             }
         });
     }
+}
+
+/// `program` as the shell would find it: a path, or a name looked up in PATH.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let runs = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return runs(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file() && runs(p))
 }
 
 /// The pages to make: the server's own, then one per plugin and filter.
@@ -138,7 +160,7 @@ fn man_markdown(name: &str, text: &str) -> String {
     out
 }
 
-fn make_page(pandoc: &str, filter: &Path, page: &Page, man_dir: &Path) -> Result<(), String> {
+fn make_page(pandoc: &Path, filter: &Path, page: &Page, man_dir: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(&page.source)
         .map_err(|e| format!("{}: {e}", page.source.display()))?;
     let input = man_markdown(&page.name, &text);

@@ -455,11 +455,25 @@ fn binary_path() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("nbdkit"))
 }
 
+/// libdir and sbindir for a binary installed under `prefix`. Installed
+/// as /usr/bin/nbdkit (the Debian package), they are Debian's own nbdkit's:
+/// the multiarch libdir, where Debian's nbdkit-plugin-* packages put their
+/// plugins, and sbindir=/usr/bin. Anywhere else (a build tree, /usr/local)
+/// they follow the prefix.
+fn install_dirs(prefix: &Path) -> (PathBuf, PathBuf) {
+    if prefix == Path::new("/usr") {
+        let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+        (prefix.join("lib").join(triplet), prefix.join("bin"))
+    } else {
+        (prefix.join("lib"), prefix.join("sbin"))
+    }
+}
+
 fn dump_config() -> String {
     let binary = binary_path();
     let bindir = binary.parent().unwrap_or(Path::new("/")).to_path_buf();
     let prefix = bindir.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let libdir = prefix.join("lib");
+    let (libdir, sbindir) = install_dirs(&prefix);
     let (major, minor) = {
         let mut it = VERSION.split('.');
         (it.next().unwrap_or("1"), it.next().unwrap_or("0"))
@@ -487,7 +501,7 @@ fn dump_config() -> String {
             tls::ROOT_CERTIFICATES_DIR.into(),
         ),
         ("run_default_socket", "Unix".into()),
-        ("sbindir", prefix.join("sbin").display().to_string()),
+        ("sbindir", sbindir.display().to_string()),
         ("selinux", "no".into()),
         ("soext", "so".into()),
         ("sysconfdir", "/etc".into()),
@@ -726,4 +740,28 @@ fn arm_exit_with_parent() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_dirs_follow_debian_under_usr() {
+        let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+        assert_eq!(
+            install_dirs(Path::new("/usr")),
+            (
+                PathBuf::from(format!("/usr/lib/{triplet}")),
+                PathBuf::from("/usr/bin")
+            )
+        );
+        assert_eq!(
+            install_dirs(Path::new("/usr/local")),
+            (
+                PathBuf::from("/usr/local/lib"),
+                PathBuf::from("/usr/local/sbin")
+            )
+        );
+    }
 }

@@ -33,6 +33,7 @@ mod memory;
 mod nbd_plugin;
 mod null;
 mod ondemand;
+mod package;
 mod partition;
 mod partitioning;
 mod pause;

@@ -85,6 +85,7 @@ fn parsers_paths_and_passwords_at_config_time() {
             "i64=-9223372036854775808",
             "u64=18446744073709551615",
             "prob=1:4",
+            "delay=1.5ms",
             "bool=on",
             "sizeof=2k",
             "abs=/already/absolute",
@@ -106,6 +107,7 @@ fn parsers_paths_and_passwords_at_config_time() {
         "i64=-9223372036854775808\n",
         "u64=18446744073709551615\n",
         "prob=0.25\n",
+        "delay=0.001500000\n",
         "bool=1\n",
         "sizeof=2048\n",
         "abs=/already/absolute\n",
@@ -128,6 +130,7 @@ fn parsers_refuse_what_nbdkit_refuses() {
         "unsigned=-1",
         "int=12x",
         "prob=-1",
+        "delay=soon",
         "bool=maybe",
         "sizeof=1Q",
     ]);
@@ -138,6 +141,7 @@ fn parsers_refuse_what_nbdkit_refuses() {
         "unsigned=error",
         "int=error",
         "prob=error",
+        "delay=error",
         "bool=-1",
         "sizeof=-1",
     ] {

@@ -151,6 +151,42 @@ pub unsafe extern "C" fn nbdkit_parse_probability(
     }
 }
 
+#[no_mangle]
+pub unsafe extern "C" fn nbdkit_parse_delay(
+    what: *const c_char,
+    s: *const c_char,
+    sec: *mut c_uint,
+    nsec: *mut c_uint,
+) -> c_int {
+    // SAFETY: the plugin passes C strings (or NULL).
+    let (what, s) = unsafe { (text(what).unwrap_or_default(), text(s)) };
+    let Some(s) = s else {
+        err(format!("{what}: NULL string"));
+        return -1;
+    };
+    match crate::parse::parse_delay(&what, &s) {
+        Ok(d) => {
+            let Ok(secs) = c_uint::try_from(d.as_secs()) else {
+                err(format!("{what}: delay is too long: \"{s}\""));
+                return -1;
+            };
+            if !sec.is_null() {
+                // SAFETY: `sec` is non-null and points to an unsigned (the ABI).
+                unsafe { *sec = secs };
+            }
+            if !nsec.is_null() {
+                // SAFETY: as for `sec`.
+                unsafe { *nsec = d.subsec_nanos() };
+            }
+            0
+        }
+        Err(e) => {
+            err(e.message());
+            -1
+        }
+    }
+}
+
 /// One signed or unsigned integer parser per C type, all through
 /// `crate::parse`.
 macro_rules! int_parser {
@@ -676,6 +712,7 @@ pub fn keep() -> usize {
         nbdkit_parse_size as *const (),
         nbdkit_parse_bool as *const (),
         nbdkit_parse_probability as *const (),
+        nbdkit_parse_delay as *const (),
         nbdkit_parse_int as *const (),
         nbdkit_parse_int8_t as *const (),
         nbdkit_parse_int16_t as *const (),

@@ -25,11 +25,13 @@ check_rust
 # side-by-side tests compare against). libnbd-dev is what the nbd plugin
 # links (libnbd.so); nbdkit-plugin-dev's header and gcc build the C test
 # plugins; gdisk checks the partitioning plugin's GPT; e2fsprogs makes
-# tmpdisk's and ondemand's file systems.
+# tmpdisk's and ondemand's file systems. curl (the program) fetches from the
+# test web server, iproute2's ss shows TCP keepalive, and file lets nbdinfo
+# describe an export's content.
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk gdisk tar
       xz-utils gzip bzip2 util-linux mount libnbd-dev e2fsprogs
       lighttpd openssl pandoc dpkg-dev binutils man-db
-      nbdkit nbdkit-plugin-dev nbdkit-plugin-python gcc)
+      nbdkit nbdkit-plugin-dev nbdkit-plugin-python gcc curl iproute2 file)
 install_debs "${build_debs[@]}" "${pkgs[@]}"
 
 # .ci/run checks formatting and lints: rustup's minimal profile leaves

@@ -573,7 +573,10 @@ pub fn jq(filter: &str, input: &str) -> String {
 #[track_caller]
 pub fn qemu_img_map(target: &str) -> String {
     let out = qemu_img(&["map", "--output=json", "-f", "raw", target]);
-    jq("map(del(.offset))", &out).trim().to_string()
+    // qemu 8.2 added "compressed"; Debian 12's qemu 7.2 does not print it.
+    jq("map(del(.offset) | del(.compressed))", &out)
+        .trim()
+        .to_string()
 }
 
 /// Is `pid` a live process?  A zombie counts as gone: in some sandboxes

@@ -60,17 +60,30 @@ pub struct Session<'a> {
     pub socket_fd: Option<BorrowedFd<'a>>,
 }
 
+/// What a layer asked for while it ran a request (see [`disconnect_now`]
+/// and [`disconnect_soon`]).
+const STAY: u8 = 0;
+const SOFT: u8 = 1;
+const FORCE: u8 = 2;
+
 thread_local! {
-    /// Set by a layer during a request: drop the connection without
-    /// replying.
-    static DISCONNECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by a layer during a request: how to end the connection.
+    static DISCONNECT: std::cell::Cell<u8> = const { std::cell::Cell::new(STAY) };
 }
 
 /// Called by a layer while it runs a request (nbdkit's
 /// `nbdkit_disconnect(true)`): the request gets no reply and the
 /// connection is closed at once.
 pub fn disconnect_now() {
-    DISCONNECT.with(|d| d.set(true));
+    DISCONNECT.with(|d| d.set(FORCE));
+}
+
+/// Called by a layer while it runs a request (nbdkit's
+/// `nbdkit_disconnect(false)`): this request and those already running
+/// finish and are answered, every request read after it fails with
+/// `ESHUTDOWN`, and the client may still say goodbye with `NBD_CMD_DISC`.
+pub fn disconnect_soon() {
+    DISCONNECT.with(|d| d.set(d.get().max(SOFT)));
 }
 
 struct Shared<'a> {
@@ -78,6 +91,8 @@ struct Shared<'a> {
     reader: Mutex<Reader>,
     writer: Mutex<Writer>,
     closing: AtomicBool,
+    /// A layer asked for a soft disconnect: refuse new requests.
+    refusing: AtomicBool,
     /// How long requests have been taking to run.
     pace: Pace,
     /// Whose turn it is to read: `true` while some worker holds the read
@@ -108,6 +123,7 @@ pub fn serve(session: &Session<'_>, reader: Reader, writer: Writer) {
         reader: Mutex::new(reader),
         writer: Mutex::new(writer),
         closing: AtomicBool::new(false),
+        refusing: AtomicBool::new(false),
         pace: Pace::new(),
         turn: Mutex::new(false),
         turn_free: Condvar::new(),
@@ -348,6 +364,9 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
             req.length
         ));
     }
+    // A disconnect asked for on this thread outside any request (from
+    // `.open`, say) is not this request's: nbdkit ignores it.
+    DISCONNECT.with(|d| d.set(STAY));
     let outcome = match refuse {
         Some((err, msg)) => {
             crate::log::error(format!(
@@ -356,7 +375,9 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
             ));
             Outcome::Error(err)
         }
-        None if quit::requested() => Outcome::Error(NBD_ESHUTDOWN),
+        None if quit::requested() || c.refusing.load(Ordering::Acquire) => {
+            Outcome::Error(NBD_ESHUTDOWN)
+        }
         None => {
             let started = Instant::now();
             let outcome = {
@@ -368,7 +389,12 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
             outcome
         }
     };
-    if DISCONNECT.with(|d| d.replace(false)) {
+    let asked = DISCONNECT.with(|d| d.replace(STAY));
+    if asked == SOFT {
+        crate::log::debug("a layer asked to end the connection: refusing new requests");
+        c.refusing.store(true, Ordering::Release);
+    }
+    if asked == FORCE {
         crate::log::debug("a layer asked to drop the connection: closing it without a reply");
         c.closing.store(true, Ordering::Release);
         if let Some(fd) = c.s.socket_fd {

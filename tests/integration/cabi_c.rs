@@ -372,6 +372,89 @@ fn cleanup_then_unload_at_exit_and_shutdown_from_the_plugin() {
 }
 
 #[test]
+fn forced_and_soft_disconnect_from_the_plugin() {
+    let s = Server::start(&[&v2()]);
+    // Forced: the write that asked gets no reply, the connection is gone
+    // and the server goes on serving others.
+    let o = client_any(
+        "/usr/bin/nbdsh",
+        &[
+            "-u",
+            &s.uri(),
+            "-c",
+            "import errno
+try:
+    h.pwrite(b'DISCONNECT'.ljust(512), 8192)
+    print('pwrite answered')
+except nbd.Error as e:
+    print('pwrite failed')
+try:
+    h.pread(512, 0)
+    print('pread answered')
+except nbd.Error as e:
+    print('pread failed')",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out, "pwrite failed\npread failed\n", "{o:?}");
+    // Soft: the write that asked is answered (and done), later requests
+    // fail with ESHUTDOWN, and the client can still disconnect cleanly.
+    let o = client_any(
+        "/usr/bin/nbdsh",
+        &[
+            "-u",
+            &s.uri(),
+            "-c",
+            "import errno
+h.pwrite(b'SOFTDISC'.ljust(512), 16384)
+for i in range(2):
+    try:
+        h.pread(512, 16384)
+        print('pread answered')
+    except nbd.Error as e:
+        print('pread failed', errno.errorcode[e.errnum])
+h.shutdown()
+print('shut down')",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out, "pread failed ESHUTDOWN\npread failed ESHUTDOWN\nshut down\n",
+        "{o:?}"
+    );
+    // A new connection is served normally and sees both writes.
+    let o = client_any(
+        "/usr/bin/nbdsh",
+        &[
+            "-u",
+            &s.uri(),
+            "-c",
+            "print(h.pread(512, 8192)[:10], h.pread(512, 16384)[:8])",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "bytearray(b'DISCONNECT') bytearray(b'SOFTDISC')\n",
+        "{o:?}"
+    );
+    // Asked for in `.open`, outside any request: ignored, as in nbdkit.
+    let o = client_any(
+        "/usr/bin/nbdsh",
+        &[
+            "-u",
+            &s.uri_export("disconnect-in-open"),
+            "-c",
+            "print(h.pread(512, 8192)[:10])",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "bytearray(b'DISCONNECT')\n",
+        "{o:?}"
+    );
+}
+
+#[test]
 fn dump_plugin_help_and_version() {
     let p = v2();
     let d = run_ok(&[&p, "--dump-plugin"]);

@@ -355,12 +355,15 @@ pub extern "C" fn nbdkit_shutdown() {
     crate::server::quit::request();
 }
 
-/// Both forms drop the connection once the running request returns (a
-/// soft disconnect in nbdkit lets queued requests fail with ESHUTDOWN;
-/// here they are not run).
+/// Forced: the running request gets no reply and the connection closes.
+/// Soft: running requests finish, later ones fail with ESHUTDOWN.
 #[no_mangle]
-pub extern "C" fn nbdkit_disconnect(_force: c_int) {
-    crate::server::transmission::disconnect_now();
+pub extern "C" fn nbdkit_disconnect(force: c_int) {
+    if force != 0 {
+        crate::server::transmission::disconnect_now();
+    } else {
+        crate::server::transmission::disconnect_soon();
+    }
 }
 
 #[no_mangle]

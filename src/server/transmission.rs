@@ -61,21 +61,24 @@ pub struct Session<'a> {
 }
 
 /// What a layer asked for while it ran a request (see [`disconnect_now`]
-/// and [`disconnect_soon`]).
-const STAY: u8 = 0;
-const SOFT: u8 = 1;
-const FORCE: u8 = 2;
+/// and [`disconnect_soon`]); ordered so that the stronger request wins.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    Stay,
+    Soft,
+    Force,
+}
 
 thread_local! {
     /// Set by a layer during a request: how to end the connection.
-    static DISCONNECT: std::cell::Cell<u8> = const { std::cell::Cell::new(STAY) };
+    static DISCONNECT: std::cell::Cell<Ending> = const { std::cell::Cell::new(Ending::Stay) };
 }
 
 /// Called by a layer while it runs a request (nbdkit's
 /// `nbdkit_disconnect(true)`): the request gets no reply and the
 /// connection is closed at once.
 pub fn disconnect_now() {
-    DISCONNECT.with(|d| d.set(FORCE));
+    DISCONNECT.with(|d| d.set(Ending::Force));
 }
 
 /// Called by a layer while it runs a request (nbdkit's
@@ -83,7 +86,7 @@ pub fn disconnect_now() {
 /// finish and are answered, every request read after it fails with
 /// `ESHUTDOWN`, and the client may still say goodbye with `NBD_CMD_DISC`.
 pub fn disconnect_soon() {
-    DISCONNECT.with(|d| d.set(d.get().max(SOFT)));
+    DISCONNECT.with(|d| d.set(d.get().max(Ending::Soft)));
 }
 
 struct Shared<'a> {
@@ -366,7 +369,7 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
     }
     // A disconnect asked for on this thread outside any request (from
     // `.open`, say) is not this request's: nbdkit ignores it.
-    DISCONNECT.with(|d| d.set(STAY));
+    DISCONNECT.with(|d| d.set(Ending::Stay));
     let outcome = match refuse {
         Some((err, msg)) => {
             crate::log::error(format!(
@@ -389,12 +392,12 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
             outcome
         }
     };
-    let asked = DISCONNECT.with(|d| d.replace(STAY));
-    if asked == SOFT {
+    let asked = DISCONNECT.with(|d| d.replace(Ending::Stay));
+    if asked == Ending::Soft {
         crate::log::debug("a layer asked to end the connection: refusing new requests");
         c.refusing.store(true, Ordering::Release);
     }
-    if asked == FORCE {
+    if asked == Ending::Force {
         crate::log::debug("a layer asked to drop the connection: closing it without a reply");
         c.closing.store(true, Ordering::Release);
         if let Some(fd) = c.s.socket_fd {

@@ -376,14 +376,9 @@ fn forced_and_soft_disconnect_from_the_plugin() {
     let s = Server::start(&[&v2()]);
     // Forced: the write that asked gets no reply, the connection is gone
     // and the server goes on serving others.
-    let o = client_any(
-        "/usr/bin/nbdsh",
-        &[
-            "-u",
-            &s.uri(),
-            "-c",
-            "import errno
-try:
+    let out = nbdsh(
+        &s.uri(),
+        "try:
     h.pwrite(b'DISCONNECT'.ljust(512), 8192)
     print('pwrite answered')
 except nbd.Error as e:
@@ -393,19 +388,13 @@ try:
     print('pread answered')
 except nbd.Error as e:
     print('pread failed')",
-        ],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out, "pwrite failed\npread failed\n", "{o:?}");
+    assert_eq!(out, "pwrite failed\npread failed\n");
     // Soft: the write that asked is answered (and done), later requests
     // fail with ESHUTDOWN, and the client can still disconnect cleanly.
-    let o = client_any(
-        "/usr/bin/nbdsh",
-        &[
-            "-u",
-            &s.uri(),
-            "-c",
-            "import errno
+    let out = nbdsh(
+        &s.uri(),
+        "import errno
 h.pwrite(b'SOFTDISC'.ljust(512), 16384)
 for i in range(2):
     try:
@@ -415,43 +404,23 @@ for i in range(2):
         print('pread failed', errno.errorcode[e.errnum])
 h.shutdown()
 print('shut down')",
-        ],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
-        out, "pread failed ESHUTDOWN\npread failed ESHUTDOWN\nshut down\n",
-        "{o:?}"
+        out,
+        "pread failed ESHUTDOWN\npread failed ESHUTDOWN\nshut down\n"
     );
     // A new connection is served normally and sees both writes.
-    let o = client_any(
-        "/usr/bin/nbdsh",
-        &[
-            "-u",
-            &s.uri(),
-            "-c",
-            "print(h.pread(512, 8192)[:10], h.pread(512, 16384)[:8])",
-        ],
+    let out = nbdsh(
+        &s.uri(),
+        "print(h.pread(512, 8192)[:10], h.pread(512, 16384)[:8])",
     );
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "bytearray(b'DISCONNECT') bytearray(b'SOFTDISC')\n",
-        "{o:?}"
-    );
+    assert_eq!(out, "bytearray(b'DISCONNECT') bytearray(b'SOFTDISC')\n");
     // Asked for in `.open`, outside any request: ignored, as in nbdkit.
-    let o = client_any(
-        "/usr/bin/nbdsh",
-        &[
-            "-u",
-            &s.uri_export("disconnect-in-open"),
-            "-c",
-            "print(h.pread(512, 8192)[:10])",
-        ],
+    let out = nbdsh(
+        &s.uri_export("disconnect-in-open"),
+        "print(h.pread(512, 8192)[:10])",
     );
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "bytearray(b'DISCONNECT')\n",
-        "{o:?}"
-    );
+    assert_eq!(out, "bytearray(b'DISCONNECT')\n");
 }
 
 #[test]

@@ -9,6 +9,8 @@ from collections import defaultdict
 UNITS = {
     "mem.randread4k.qd32": ("IOPS", True),
     "mem.randwrite4k.qd32": ("IOPS", True),
+    "mem.randread4k.qd32.x4": ("IOPS, 4 conns", True),
+    "mem.randwrite4k.qd32.x4": ("IOPS, 4 conns", True),
     "mem.seqread1M.qd8": ("MiB/s", True),
     "mem.randread4k.qd1.lat": ("us mean latency", False),
     "mem.peak_rss": ("MiB peak RSS", False),
@@ -30,16 +32,20 @@ def main(path):
             if workload not in order:
                 order.append(workload)
             values[workload][who].append(float(value))
-    print(f"{'workload':24} {'unit':18} {'ours':>10} {'C':>10} {'ours/C':>7}  better")
+    print(f"{'workload':28} {'unit':18} {'ours':>10} {'C':>10} {'ours/C':>7}  better")
     for w in order:
-        unit, higher = UNITS.get(w, ("", True))
+        if w.startswith("cpu."):
+            # Server CPU (utime+stime) per operation, or for a whole copy.
+            unit, higher = ("ms server CPU" if w.endswith(".ms") else "us CPU/op"), False
+        else:
+            unit, higher = UNITS.get(w, ("", True))
         ours = statistics.median(values[w]["ours"]) if values[w]["ours"] else None
         c = statistics.median(values[w]["c"]) if values[w]["c"] else None
         if ours is None or c is None:
             continue
         ratio = ours / c if c else float("inf")
         better = "higher" if higher else "lower"
-        print(f"{w:24} {unit:18} {ours:10.1f} {c:10.1f} {ratio:7.2f}  {better}")
+        print(f"{w:28} {unit:18} {ours:10.1f} {c:10.1f} {ratio:7.2f}  {better}")
 
 
 if __name__ == "__main__":

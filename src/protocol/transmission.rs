@@ -36,6 +36,26 @@ pub fn request_len(extended: bool) -> usize {
     }
 }
 
+/// Whether `buf` begins with one whole request: its header and, for a
+/// write (or an extended request flagged `NBD_CMD_FLAG_PAYLOAD_LEN`), all
+/// of its payload.  Only looks at the fields it needs; a bad header counts
+/// as whole, so that decoding it reports the error at once.
+pub fn whole_request_at(buf: &[u8], extended: bool) -> bool {
+    let hdr = request_len(extended);
+    if buf.len() < hdr {
+        return false;
+    }
+    let flags = u16::from_be_bytes([buf[4], buf[5]]);
+    let command = u16::from_be_bytes([buf[6], buf[7]]);
+    let length = if extended {
+        u64::from_be_bytes(buf[24..32].try_into().unwrap_or([0; 8]))
+    } else {
+        u64::from(u32::from_be_bytes(buf[24..28].try_into().unwrap_or([0; 4])))
+    };
+    let payload = command == NBD_CMD_WRITE || (extended && flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0);
+    !payload || (buf.len() - hdr) as u64 >= length
+}
+
 /// A decoded request header (both forms).  For compact requests `length`
 /// is the 32-bit length widened; for extended requests it is the 64-bit
 /// length (a payload length if `NBD_CMD_FLAG_PAYLOAD_LEN` is set, else an
@@ -540,6 +560,36 @@ mod tests {
 
     fn cat(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
+    }
+
+    #[test]
+    fn whole_request_counts_the_payload_of_writes_only() {
+        let req = |command, flags, length| Request {
+            flags,
+            command,
+            cookie: COOKIE,
+            offset: OFF,
+            length,
+        };
+        for extended in [false, true] {
+            let read = encode_request(&req(NBD_CMD_READ, 0, 4096), extended);
+            assert!(whole_request_at(&read, extended));
+            assert!(!whole_request_at(&read[..read.len() - 1], extended));
+            let mut write = encode_request(&req(NBD_CMD_WRITE, 0, 10), extended);
+            assert!(!whole_request_at(&write, extended));
+            write.extend_from_slice(&[0; 9]);
+            assert!(!whole_request_at(&write, extended));
+            write.push(0);
+            assert!(whole_request_at(&write, extended));
+            // Whatever follows does not matter.
+            write.extend_from_slice(&[7; 100]);
+            assert!(whole_request_at(&write, extended));
+        }
+        let flagged = encode_request(
+            &req(NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_PAYLOAD_LEN, 8),
+            true,
+        );
+        assert!(!whole_request_at(&flagged, true));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! which for a shared socket would make every idle connection cost its
 //! full 256 KiB of resident memory.
 
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
 use std::io::{self, BufRead, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most bytes buffered in front of a connection.
 pub const READ_BUFFER: usize = 256 * 1024;
@@ -36,6 +39,47 @@ impl Reader {
     /// The data read but not yet consumed.
     pub fn buffer(&self) -> &[u8] {
         &self.buf[self.pos..self.filled]
+    }
+}
+
+impl Reader {
+    /// Read whatever the socket `fd` (the one this reader reads) has for
+    /// us now, without waiting: `Ok(None)` if nothing has arrived,
+    /// `Ok(Some(n))` with the bytes added to the buffer otherwise (0 at
+    /// end of file, or when the buffer has no room: the caller's next
+    /// read finds out which).  Only for a plain socket, where nothing sits
+    /// between `fd` and this buffer.
+    pub fn fill_now(&mut self, fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
+        if self.pos == self.filled {
+            self.pos = 0;
+            self.filled = 0;
+        } else if self.filled == self.buf.len() && self.pos > 0 {
+            self.buf.copy_within(self.pos..self.filled, 0);
+            self.filled -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.is_empty() {
+            self.buf.resize(FIRST, 0);
+        }
+        if self.filled == self.buf.len() {
+            return Ok(Some(0));
+        }
+        match recv(
+            fd.as_raw_fd(),
+            &mut self.buf[self.filled..],
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => {
+                self.filled += n;
+                if self.filled == self.buf.len() && self.buf.len() < READ_BUFFER {
+                    let grown = (self.buf.len() * 2).min(READ_BUFFER);
+                    self.buf.resize(grown, 0);
+                }
+                Ok(Some(n))
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -131,6 +175,25 @@ mod tests {
             assert!(got.len() <= data.len());
             assert_eq!(&got[..], &data[..got.len()], "step {step}");
         }
+    }
+
+    #[test]
+    fn fill_now_takes_what_has_arrived_without_waiting() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut r = Reader::new(Box::new(a.try_clone().unwrap()));
+        assert_eq!(r.fill_now(a.as_fd()).unwrap(), None);
+        b.write_all(b"hello").unwrap();
+        assert_eq!(r.fill_now(a.as_fd()).unwrap(), Some(5));
+        b.write_all(b" world").unwrap();
+        assert_eq!(r.fill_now(a.as_fd()).unwrap(), Some(6));
+        assert_eq!(r.buffer(), b"hello world");
+        let mut got = [0u8; 11];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello world");
+        drop(b);
+        assert_eq!(r.fill_now(a.as_fd()).unwrap(), Some(0), "end of file");
     }
 
     #[test]

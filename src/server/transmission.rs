@@ -17,13 +17,12 @@ use crate::layers::{flags, MAX_REQUEST_SIZE};
 use crate::plugin::{CacheMode, FuaMode, ZeroMode};
 use crate::protocol::consts::*;
 use crate::protocol::transmission::{
-    block_status_reply, decode_request, error_reply, ok_reply, read_reply_header, ReplyStyle,
-    Request, COMPACT_REQUEST_LEN, EXTENDED_REQUEST_LEN,
+    block_status_reply, decode_request, error_reply, ok_reply, read_reply_header, whole_request_at,
+    ReplyHeader, ReplyStyle, Request, COMPACT_REQUEST_LEN, EXTENDED_REQUEST_LEN,
 };
 use crate::server::export::Export;
 use crate::server::{hold, lock, quit, threads};
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -235,11 +234,17 @@ fn take_turn<'c, 'a>(c: &'c Shared<'a>, extra: bool) -> Option<ReadTurn<'c, 'a>>
 
 fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'env>, extra: bool) {
     let mut buf: Vec<u8> = Vec::new();
+    // Replies of requests run inline, not yet sent (see [`send_reply`]).
+    let mut out: Vec<u8> = Vec::new();
+    let extended = c.s.style == ReplyStyle::Extended;
+    let mut wait = Wait::default();
     loop {
         let Some(mut turn) = take_turn(c, extra) else {
             return;
         };
         let mut ran_inline = false;
+        // Requests run inline since this worker last slept (see [`Wait`]).
+        let mut burst = 0u32;
         loop {
             if c.closing.load(Ordering::Acquire) {
                 return;
@@ -247,14 +252,17 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
             let Some(r) = turn.r.as_mut() else {
                 return;
             };
-            if ran_inline && r.buffer().is_empty() {
+            if ran_inline && !whole_request_at(r.buffer(), extended) {
                 if let Some(fd) = c.s.wait_fd {
-                    await_next_request(fd);
+                    wait.before_read(r, fd, &mut burst);
                 }
             }
             let incoming = match receive(c, r, &mut buf) {
                 Ok(Some(inc)) => inc,
                 Ok(None) => {
+                    // The client's goodbye may follow requests whose
+                    // replies are still gathered here.
+                    let _ = flush_replies(c, &mut out);
                     c.closing.store(true, Ordering::Release);
                     return;
                 }
@@ -264,25 +272,32 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
                     return;
                 }
             };
-            // When the layers never wait, no other request is waiting in
-            // the read buffer and this connection's requests have been
-            // quick, run this one here and keep the read side: waking
-            // another worker just to wait for the next request costs more
-            // than the request itself.  Otherwise hand the read side on
-            // first, so requests overlap (a plugin that may wait for a disk
-            // always does this, so one slow read never holds up the next);
-            // with no idle worker to take it, start one.
-            if c.s.workers > 1 && c.s.quick_layers && r.buffer().is_empty() && c.pace.quick() {
+            // When the layers never wait and this connection's requests
+            // have been quick, run this one here and keep the read side:
+            // waking another worker costs more than the request itself.
+            // While the read buffer holds another whole request, its reply
+            // waits in `out` to go out with the next ones in one write.
+            // Otherwise hand the read side on first, so requests overlap
+            // (a plugin that may wait for a disk always does this, so one
+            // slow read never holds up the next); with no idle worker to
+            // take it, start one.
+            if c.s.quick_layers && c.pace.quick() {
                 ran_inline = true;
-                if !run_and_reply(c, incoming, &mut buf) {
+                burst += 1;
+                let more = whole_request_at(r.buffer(), extended);
+                if !run_and_reply(c, incoming, &mut buf, &mut out, more) {
                     return;
                 }
             } else {
+                if flush_replies(c, &mut out).is_err() {
+                    c.closing.store(true, Ordering::Release);
+                    return;
+                }
                 drop(turn);
                 if c.s.workers > 1 && c.waiting.load(Ordering::Acquire) == 0 {
                     add_worker(c, scope);
                 }
-                if !run_and_reply(c, incoming, &mut buf) {
+                if !run_and_reply(c, incoming, &mut buf, &mut out, false) {
                     return;
                 }
                 break;
@@ -327,22 +342,86 @@ const SPIN: Duration = Duration::from_micros(50);
 /// spinning never takes more than one core.
 static SPINNING: AtomicBool = AtomicBool::new(false);
 
-/// Poll the socket for up to [`SPIN`] before the worker blocks in `read`.
-/// A client at a low queue depth sends its next request within a few tens
-/// of microseconds; a worker that went to sleep meanwhile must be woken,
-/// which on a virtual machine costs more than the request (fio 4k random
-/// reads at iodepth 1: 65-75 us mean latency blocking, 25 us polling).
-/// The cost is at most `SPIN` of one core after each such request; an idle
-/// connection costs nothing.
-fn await_next_request(fd: BorrowedFd<'_>) {
+/// How a worker that runs requests inline waits for the next one once the
+/// read buffer holds no whole request: by spinning on the socket (see
+/// [`await_next_request`]) or by blocking in `read`.
+///
+/// Spinning pays for a client that waits for each reply before it sends
+/// the next request (low queue depth): a worker that went to sleep must be
+/// woken, which on a virtual machine costs more than the request.  It does
+/// not pay for a client that streams requests regardless of replies (deep
+/// queues): the spin catches each request as it trickles in, one per
+/// `recv`, and burns a core doing it, where a sleeping worker wakes to
+/// several requests at a time and answers them in one write.
+///
+/// Which one pays shows only while blocking: a streaming client's requests
+/// gather while the worker sleeps, so each wake-up finds several.  So a worker spins, and every
+/// [`PROBE_EVERY`] times tries blocking instead; it keeps blocking while
+/// wake-ups bring [`DEEP_BURST`] requests or more, and goes back to
+/// spinning after [`STREAK`] wake-ups in a row that brought fewer.
+#[derive(Default)]
+struct Wait {
+    block: bool,
+    /// Spinning: waits since blocking was last tried.  Blocking: shallow
+    /// wake-ups in a row.
+    count: u32,
+}
+
+/// How often a spinning worker tries blocking.
+const PROBE_EVERY: u32 = 256;
+/// Shallow wake-ups in a row that send a blocking worker back to spinning.
+const STREAK: u32 = 8;
+/// A wake-up that brings fewer requests than this did not pay for itself.
+const DEEP_BURST: u32 = 4;
+
+impl Wait {
+    /// Called when the read buffer holds no whole request, after `burst`
+    /// requests were run since this worker last slept.
+    fn before_read(&mut self, r: &mut Reader, fd: BorrowedFd<'_>, burst: &mut u32) {
+        if !self.block {
+            *burst = 0;
+            self.count += 1;
+            if self.count < PROBE_EVERY {
+                await_next_request(r, fd);
+            } else {
+                *self = Wait {
+                    block: true,
+                    count: 0,
+                };
+            }
+            return;
+        }
+        // Only a read that finds nothing waiting puts the worker to sleep:
+        // that ends the burst.
+        if !matches!(r.fill_now(fd), Ok(None)) {
+            return;
+        }
+        if *burst >= DEEP_BURST {
+            self.count = 0;
+        } else {
+            self.count += 1;
+            if self.count >= STREAK {
+                *self = Wait::default();
+            }
+        }
+        *burst = 0;
+    }
+}
+
+/// Try to read the socket for up to [`SPIN`] before the worker blocks in
+/// `read`.  Each try is a
+/// non-blocking `recv`, so the one that finds the request has also read
+/// it.  The cost is at most `SPIN` of one core; an idle connection costs
+/// nothing (fio 4k random reads at iodepth 1: 65-75 us mean latency
+/// blocking, 25 us spinning).
+fn await_next_request(r: &mut Reader, fd: BorrowedFd<'_>) {
     if SPINNING.swap(true, Ordering::Acquire) {
         return;
     }
     let start = Instant::now();
-    loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        // Readable, closed or failed: the read that follows finds out.
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) || start.elapsed() >= SPIN {
+    // Data, end of file or an error: the read that follows finds out.
+    while let Ok(None) = r.fill_now(fd) {
+        if start.elapsed() >= SPIN {
             break;
         }
         std::hint::spin_loop();
@@ -351,8 +430,15 @@ fn await_next_request(fd: BorrowedFd<'_>) {
 }
 
 /// Run one request and send its reply.  `false` when the connection is
-/// finished (the reply could not be sent).
-fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> bool {
+/// finished (the reply could not be sent).  With `defer`, a small reply may
+/// wait in `out` for the next ones (see [`send_reply`]).
+fn run_and_reply(
+    c: &Shared<'_>,
+    incoming: Incoming<'_>,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    defer: bool,
+) -> bool {
     let Incoming {
         req,
         refuse,
@@ -409,9 +495,7 @@ fn run_and_reply(c: &Shared<'_>, incoming: Incoming<'_>, buf: &mut Vec<u8>) -> b
         }
         return false;
     }
-    let mut w = lock(&c.writer);
-    let sent = send_reply(c.s, &mut **w, &req, outcome, buf);
-    drop(w);
+    let sent = send_reply(c, out, &req, outcome, buf, defer);
     if buf.len() > KEEP_BUFFER {
         *buf = Vec::new();
     }
@@ -684,30 +768,93 @@ pub fn nbd_error(errno: Errno, cmd_flags: u16) -> u32 {
     }
 }
 
+/// A reply's header: fixed-size, or built (block status).
+enum Header {
+    Fixed(ReplyHeader),
+    Built(Vec<u8>),
+}
+
+impl Header {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Header::Fixed(h) => h.as_bytes(),
+            Header::Built(v) => v,
+        }
+    }
+}
+
+/// Replies gathered in `out` are sent once they reach this size.
+const BATCH_MAX: usize = 256 * 1024;
+/// Read data up to this size is copied into `out` to wait for the next
+/// replies; a larger reply goes out at once (with whatever `out` holds, in
+/// one `writev`), so large reads are never copied twice.
+const BATCH_COPY_MAX: usize = 16 * 1024;
+
+/// Send one reply.  With `defer` (another whole request is waiting in the
+/// read buffer, to be run on this thread next) a small reply is only
+/// appended to `out`; otherwise it goes out now, after what `out` holds, in
+/// one `writev`.  So the replies of a burst of pipelined requests cost one
+/// system call, and no reply ever waits for a request that has not arrived.
 fn send_reply(
-    s: &Session<'_>,
-    w: &mut dyn Write,
+    c: &Shared<'_>,
+    out: &mut Vec<u8>,
     req: &Request,
     outcome: Outcome,
     buf: &[u8],
+    defer: bool,
 ) -> io::Result<()> {
-    match outcome {
-        Outcome::Ok => w.write_all(ok_reply(s.style, req.cookie, req.offset).as_bytes())?,
-        Outcome::Read(n) => {
-            let hdr = read_reply_header(s.style, req.cookie, req.offset, n as u32);
-            write_all_vectored(
-                w,
-                &mut [IoSlice::new(hdr.as_bytes()), IoSlice::new(&buf[..n])],
-            )?;
-        }
-        Outcome::BlockStatus(list) => w.write_all(&block_status_reply(
-            s.style, req.cookie, req.offset, 1, &list,
-        ))?,
-        Outcome::Error(err) => {
-            w.write_all(error_reply(s.style, req.cookie, req.offset, err, req.command).as_bytes())?
-        }
+    let s = c.s;
+    let (hdr, data) = match outcome {
+        Outcome::Ok => (
+            Header::Fixed(ok_reply(s.style, req.cookie, req.offset)),
+            &[][..],
+        ),
+        Outcome::Read(n) => (
+            Header::Fixed(read_reply_header(s.style, req.cookie, req.offset, n as u32)),
+            &buf[..n],
+        ),
+        Outcome::BlockStatus(list) => (
+            Header::Built(block_status_reply(
+                s.style, req.cookie, req.offset, 1, &list,
+            )),
+            &[][..],
+        ),
+        Outcome::Error(err) => (
+            Header::Fixed(error_reply(
+                s.style,
+                req.cookie,
+                req.offset,
+                err,
+                req.command,
+            )),
+            &[][..],
+        ),
+    };
+    let hdr = hdr.as_bytes();
+    if defer && data.len() <= BATCH_COPY_MAX && out.len() + hdr.len() + data.len() <= BATCH_MAX {
+        out.extend_from_slice(hdr);
+        out.extend_from_slice(data);
+        return Ok(());
     }
-    w.flush()
+    let mut w = lock(&c.writer);
+    let sent = write_all_vectored(
+        &mut **w,
+        &mut [IoSlice::new(out), IoSlice::new(hdr), IoSlice::new(data)],
+    )
+    .and_then(|()| w.flush());
+    out.clear();
+    sent
+}
+
+/// Send the replies gathered in `out`, if any.
+fn flush_replies(c: &Shared<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut w = lock(&c.writer);
+    let sent = w.write_all(out).and_then(|()| w.flush());
+    out.clear();
+    sent
 }
 
 /// Write every slice, retrying short writes (one `writev` in the common case).
@@ -749,22 +896,65 @@ mod tests {
         assert!(p.quick(), "the average comes down again");
     }
 
+    /// Held by the tests that spin: the spinner slot is process-wide.
+    static SPIN_TESTS: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn a_worker_blocks_while_wake_ups_bring_deep_bursts() {
+        use std::os::fd::AsFd;
+        let _one = lock(&SPIN_TESTS);
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut r = Reader::new(Box::new(a.try_clone().unwrap()));
+        let mut w = Wait::default();
+        let mut burst = 0;
+        // Spinning (nothing arrives) until it is time to try blocking.
+        for _ in 0..PROBE_EVERY - 1 {
+            w.before_read(&mut r, a.as_fd(), &mut burst);
+            assert!(!w.block);
+        }
+        w.before_read(&mut r, a.as_fd(), &mut burst);
+        assert!(w.block);
+        // Deep bursts keep it blocking, however many.
+        for _ in 0..3 * STREAK {
+            burst = DEEP_BURST;
+            w.before_read(&mut r, a.as_fd(), &mut burst);
+            assert_eq!(burst, 0, "sleeping ends the burst");
+            assert!(w.block);
+        }
+        // A request already waiting means no sleep: the burst goes on.
+        b.write_all(b"x").unwrap();
+        burst = 1;
+        w.before_read(&mut r, a.as_fd(), &mut burst);
+        assert_eq!((burst, r.buffer()), (1, &b"x"[..]));
+        // Shallow wake-ups in a row send it back to spinning.
+        for i in 1..=STREAK {
+            burst = 1;
+            w.before_read(&mut r, a.as_fd(), &mut burst);
+            assert_eq!(w.block, i < STREAK);
+        }
+    }
+
     #[test]
     fn polling_for_the_next_request_ends_and_lets_go() {
         use std::os::fd::AsFd;
+        let _one = lock(&SPIN_TESTS);
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut r = Reader::new(Box::new(a.try_clone().unwrap()));
         // Nothing arrives: gives up (after SPIN) and frees the spinner slot.
-        await_next_request(a.as_fd());
+        await_next_request(&mut r, a.as_fd());
         assert!(!SPINNING.load(Ordering::Acquire));
-        // A request is waiting, or the peer has gone: returns, slot free.
+        assert!(r.buffer().is_empty());
+        // A request is waiting: read in, slot free.
         b.write_all(b"x").unwrap();
-        await_next_request(a.as_fd());
+        await_next_request(&mut r, a.as_fd());
+        assert_eq!(r.buffer(), b"x");
+        // The peer has gone: returns.
         drop(b);
-        await_next_request(a.as_fd());
+        await_next_request(&mut r, a.as_fd());
         assert!(!SPINNING.load(Ordering::Acquire));
         // Someone else spinning: this one does not, and leaves theirs alone.
         SPINNING.store(true, Ordering::Release);
-        await_next_request(a.as_fd());
+        await_next_request(&mut r, a.as_fd());
         assert!(SPINNING.swap(false, Ordering::AcqRel));
     }
 

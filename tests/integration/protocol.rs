@@ -850,3 +850,107 @@ fn extended_headers_if_supported() {
     );
     ext_req(&mut c, CMD_DISC, 4, 0, 0);
 }
+
+/// A burst of pipelined requests of every kind, ending in NBD_CMD_DISC,
+/// sent in one write: the server runs the small ones on the worker that
+/// reads them and gathers their replies into shared writes, while a large
+/// read that came first runs on another worker and is overtaken.  Every
+/// request gets exactly one right reply, none is lost when the goodbye
+/// follows at once, and the writes all land.
+#[test]
+fn gathered_replies_with_out_of_order_completion() {
+    const MIB: u64 = 1 << 20;
+    let s = Server::start(&["-t", "4", "memory", "64M"]);
+    let pattern = pseudo_random(32 * MIB as usize, 3);
+    {
+        let mut c = Conn::fixed(&s.sock);
+        c.go();
+        assert_eq!(c.write(1, 0, &pattern, 0), 0);
+        c.disconnect();
+    }
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    // What each cookie's reply must be: Ok(expected read data) or Err(errno).
+    let mut expect: std::collections::BTreeMap<u64, Result<Vec<u8>, u32>> = Default::default();
+    let mut batch = Vec::new();
+    let mut put = |flags: u16, typ: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]| {
+        batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        batch.extend_from_slice(&flags.to_be_bytes());
+        batch.extend_from_slice(&typ.to_be_bytes());
+        batch.extend_from_slice(&cookie.to_be_bytes());
+        batch.extend_from_slice(&offset.to_be_bytes());
+        batch.extend_from_slice(&len.to_be_bytes());
+        batch.extend_from_slice(payload);
+    };
+    // First the whole 32 MiB, then many small requests.
+    put(0, CMD_READ, 1, 0, 32 << 20, &[]);
+    expect.insert(1, Ok(pattern.clone()));
+    let block = |i: u64| vec![(i % 251) as u8 + 1; 4096];
+    for i in 0..500u64 {
+        let cookie = 100 + i;
+        let at = (i * 7919 % 8000) * 4096;
+        match i % 5 {
+            0 => {
+                put(0, CMD_WRITE, cookie, 40 * MIB + i * 4096, 4096, &block(i));
+                expect.insert(cookie, Ok(Vec::new()));
+            }
+            1 => {
+                put(0, CMD_READ, cookie, at, 4096, &[]);
+                expect.insert(cookie, Ok(pattern[at as usize..][..4096].to_vec()));
+            }
+            2 => {
+                put(0, CMD_READ, cookie, 64 * MIB, 512, &[]);
+                expect.insert(cookie, Err(EINVAL));
+            }
+            3 => {
+                put(0, CMD_FLUSH, cookie, 0, 0, &[]);
+                expect.insert(cookie, Ok(Vec::new()));
+            }
+            _ => {
+                // Larger than what the server copies to gather.
+                put(0, CMD_READ, cookie, at, 20000, &[]);
+                expect.insert(cookie, Ok(pattern[at as usize..][..20000].to_vec()));
+            }
+        }
+    }
+    // Small replies just before the goodbye wait to be gathered.
+    put(0, CMD_FLUSH, 997, 0, 0, &[]);
+    expect.insert(997, Ok(Vec::new()));
+    put(0, CMD_READ, 998, 4096, 4096, &[]);
+    expect.insert(998, Ok(pattern[4096..8192].to_vec()));
+    put(0, CMD_DISC, 999, 0, 0, &[]);
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&batch).unwrap());
+    let mut order = Vec::new();
+    while !expect.is_empty() {
+        let (err, cookie) = c.simple_reply();
+        let want = expect
+            .remove(&cookie)
+            .unwrap_or_else(|| panic!("reply for unknown or answered cookie {cookie}"));
+        match want {
+            Err(errno) => assert_eq!(err, errno, "errno of request {cookie}"),
+            Ok(data) => {
+                assert_eq!(err, 0, "request {cookie} failed");
+                // Only reads carry data after a simple reply.
+                assert!(c.read_exact(data.len()) == data, "data of read {cookie}");
+            }
+        }
+        order.push(cookie);
+    }
+    writer.join().unwrap();
+    // After the last reply, the goodbye: the server closes.
+    let mut rest = Vec::new();
+    c.s.read_to_end(&mut rest).expect("read to end of file");
+    assert!(rest.is_empty(), "{} bytes after the last reply", rest.len());
+    assert_ne!(order[0], 1, "the large read was not overtaken");
+    // The writes all landed.
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    for i in (0..500u64).filter(|i| i % 5 == 0) {
+        assert!(
+            c.read(1, 40 * MIB + i * 4096, 4096, 0).unwrap() == block(i),
+            "write {i}"
+        );
+    }
+    c.disconnect();
+}

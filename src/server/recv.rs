@@ -40,9 +40,7 @@ impl Reader {
     pub fn buffer(&self) -> &[u8] {
         &self.buf[self.pos..self.filled]
     }
-}
 
-impl Reader {
     /// Read whatever the socket `fd` (the one this reader reads) has for
     /// us now, without waiting: `Ok(None)` if nothing has arrived,
     /// `Ok(Some(n))` with the bytes added to the buffer otherwise (0 at

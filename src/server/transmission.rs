@@ -242,7 +242,9 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
         let Some(mut turn) = take_turn(c, extra) else {
             return;
         };
-        let mut ran_inline = false;
+        // The last request ran inline and no whole request follows it in
+        // the read buffer: wait for the next one (see [`Wait`]).
+        let mut wait_next = false;
         // Requests run inline since this worker last slept (see [`Wait`]).
         let mut burst = 0u32;
         loop {
@@ -252,7 +254,7 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
             let Some(r) = turn.r.as_mut() else {
                 return;
             };
-            if ran_inline && !whole_request_at(r.buffer(), extended) {
+            if wait_next {
                 if let Some(fd) = c.s.wait_fd {
                     wait.before_read(r, fd, &mut burst);
                 }
@@ -282,9 +284,9 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
             // slow read never holds up the next); with no idle worker to
             // take it, start one.
             if c.s.quick_layers && c.pace.quick() {
-                ran_inline = true;
                 burst += 1;
                 let more = whole_request_at(r.buffer(), extended);
+                wait_next = !more;
                 if !run_and_reply(c, incoming, &mut buf, &mut out, more) {
                     return;
                 }
@@ -355,10 +357,11 @@ static SPINNING: AtomicBool = AtomicBool::new(false);
 /// several requests at a time and answers them in one write.
 ///
 /// Which one pays shows only while blocking: a streaming client's requests
-/// gather while the worker sleeps, so each wake-up finds several.  So a worker spins, and every
-/// [`PROBE_EVERY`] times tries blocking instead; it keeps blocking while
-/// wake-ups bring [`DEEP_BURST`] requests or more, and goes back to
-/// spinning after [`STREAK`] wake-ups in a row that brought fewer.
+/// gather while the worker sleeps, so each wake-up finds several.  So a
+/// worker spins, and every [`PROBE_EVERY`] times tries blocking instead; it
+/// keeps blocking while wake-ups bring [`DEEP_BURST`] requests or more, and
+/// goes back to spinning after [`STREAK`] wake-ups in a row that brought
+/// fewer.
 #[derive(Default)]
 struct Wait {
     block: bool,
@@ -409,9 +412,8 @@ impl Wait {
 }
 
 /// Try to read the socket for up to [`SPIN`] before the worker blocks in
-/// `read`.  Each try is a
-/// non-blocking `recv`, so the one that finds the request has also read
-/// it.  The cost is at most `SPIN` of one core; an idle connection costs
+/// `read`.  Each try is a non-blocking `recv`, so the one that finds the
+/// request has also read it.  The cost is at most `SPIN` of one core; an idle connection costs
 /// nothing (fio 4k random reads at iodepth 1: 65-75 us mean latency
 /// blocking, 25 us spinning).
 fn await_next_request(r: &mut Reader, fd: BorrowedFd<'_>) {

@@ -43,6 +43,25 @@ struct Conn {
     s: UnixStream,
 }
 
+/// Append one compact request (header, then `payload`) to `b`.
+fn push_request(
+    b: &mut Vec<u8>,
+    flags: u16,
+    typ: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    payload: &[u8],
+) {
+    b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    b.extend_from_slice(&flags.to_be_bytes());
+    b.extend_from_slice(&typ.to_be_bytes());
+    b.extend_from_slice(&cookie.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(payload);
+}
+
 impl Conn {
     /// Connect and read the 18-byte newstyle greeting; returns handshake flags.
     fn newstyle(path: &Path) -> (Conn, u16) {
@@ -147,13 +166,7 @@ impl Conn {
         payload: &[u8],
     ) {
         let mut b = Vec::with_capacity(28 + payload.len());
-        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        b.extend_from_slice(&flags.to_be_bytes());
-        b.extend_from_slice(&typ.to_be_bytes());
-        b.extend_from_slice(&cookie.to_be_bytes());
-        b.extend_from_slice(&offset.to_be_bytes());
-        b.extend_from_slice(&len.to_be_bytes());
-        b.extend_from_slice(payload);
+        push_request(&mut b, flags, typ, cookie, offset, len, payload);
         self.put(&b);
     }
 
@@ -678,15 +691,7 @@ fn pipelined_requests_all_answered() {
     let mut batch = Vec::new();
     for i in 0..64u64 {
         let data = vec![(i + 1) as u8; 4096];
-        let mut b = Vec::new();
-        b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        b.extend_from_slice(&0u16.to_be_bytes());
-        b.extend_from_slice(&CMD_WRITE.to_be_bytes());
-        b.extend_from_slice(&(1000 + i).to_be_bytes());
-        b.extend_from_slice(&(i * 65536).to_be_bytes());
-        b.extend_from_slice(&4096u32.to_be_bytes());
-        b.extend_from_slice(&data);
-        batch.extend_from_slice(&b);
+        push_request(&mut batch, 0, CMD_WRITE, 1000 + i, i * 65536, 4096, &data);
     }
     let mut w = c.s.try_clone().unwrap();
     let writer = std::thread::spawn(move || w.write_all(&batch).unwrap());
@@ -873,14 +878,8 @@ fn gathered_replies_with_out_of_order_completion() {
     // What each cookie's reply must be: Ok(expected read data) or Err(errno).
     let mut expect: std::collections::BTreeMap<u64, Result<Vec<u8>, u32>> = Default::default();
     let mut batch = Vec::new();
-    let mut put = |flags: u16, typ: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]| {
-        batch.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        batch.extend_from_slice(&flags.to_be_bytes());
-        batch.extend_from_slice(&typ.to_be_bytes());
-        batch.extend_from_slice(&cookie.to_be_bytes());
-        batch.extend_from_slice(&offset.to_be_bytes());
-        batch.extend_from_slice(&len.to_be_bytes());
-        batch.extend_from_slice(payload);
+    let mut put = |flags, typ, cookie, offset, len, payload: &[u8]| {
+        push_request(&mut batch, flags, typ, cookie, offset, len, payload)
     };
     // First the whole 32 MiB, then many small requests.
     put(0, CMD_READ, 1, 0, 32 << 20, &[]);

@@ -17,6 +17,7 @@ UNITS = {
     "copy.null4G": ("MiB/s", True),
     "file.randread4k.qd32": ("IOPS", True),
     "start.to_run_us": ("us to --run", False),
+    "start.run_to_exit_us": ("us to exit", False),
     "curl.http.copy": ("MiB/s", True),
     "sh.pread64k.calls_per_s": ("script calls/s", True),
     "eval.pread64k.calls_per_s": ("script calls/s", True),

@@ -102,9 +102,36 @@ fn restore_default_signals() -> std::io::Result<()> {
 }
 
 /// Wait for COMMAND; after a signal, give it [`GRACE`] then SIGKILL.
+///
+/// The wait sleeps until COMMAND exits or a signal arrives (`ppoll` on a
+/// pidfd, with the forwarded signals blocked everywhere else, so none slips
+/// in between the check and the sleep): a captive nbdkit exits as soon as
+/// COMMAND does.  Only while a signal's grace runs does it wake to look at
+/// the clock.
 fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
     let pid = Pid::from_raw(child.id() as i32);
     COMMAND.store(pid.as_raw(), Ordering::Relaxed);
+    let mut forwarded = SigSet::empty();
+    for sig in FORWARDED {
+        forwarded.add(sig);
+    }
+    // Held blocked from here to the end (see [`sleep_until_exit`]).
+    let before = forwarded
+        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .ok();
+    let status = wait_command_blocked(child, pid, before.as_ref());
+    if let Some(mask) = before {
+        let _ = mask.thread_set_mask();
+    }
+    COMMAND.store(0, Ordering::Relaxed);
+    status
+}
+
+fn wait_command_blocked(
+    child: &mut std::process::Child,
+    pid: Pid,
+    unblocked: Option<&SigSet>,
+) -> std::io::Result<std::process::ExitStatus> {
     // A signal that arrived before COMMAND's pid was known.
     let early = RECEIVED.load(Ordering::Relaxed);
     if early != 0 {
@@ -112,11 +139,12 @@ fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process
             let _ = kill(pid, sig);
         }
     }
+    // Sleeping until an event needs the mask to let the signals through.
+    let pidfd = unblocked.and_then(|mask| Some((pidfd_open(pid)?, *mask)));
     let mut since: Option<Instant> = None;
     let mut killed = false;
     loop {
         if let Some(status) = child.try_wait()? {
-            COMMAND.store(0, Ordering::Relaxed);
             return Ok(status);
         }
         if since.is_none() && RECEIVED.load(Ordering::Relaxed) != 0 {
@@ -128,7 +156,51 @@ fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process
                 killed = true;
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        match (&pidfd, since) {
+            (Some((fd, mask)), None) => _ = sleep_until_exit(fd, *mask, None),
+            (Some((fd, mask)), Some(_)) => _ = sleep_until_exit(fd, *mask, Some(POLL)),
+            (None, _) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// How often the supervisor looks again while it cannot sleep until an
+/// event: during a signal's grace, or where the kernel has no pidfds.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A pidfd for `pid` (Linux 5.3 and later): readable once `pid` exits.
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and touches no memory of
+    // ours; on success it returns a new file descriptor, owned from here.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sleep until the process behind `pidfd` exits, a signal is delivered, or
+/// `timeout` passes.  The caller keeps the forwarded signals blocked; `ppoll`
+/// lets them through (`mask`, the mask from before) only while it sleeps,
+/// atomically, so one that arrived since the caller last looked ends the
+/// sleep at once.  `true` when the process has exited.
+fn sleep_until_exit(pidfd: &OwnedFd, mask: SigSet, timeout: Option<Duration>) -> bool {
+    use nix::poll::{PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let timeout = timeout.map(nix::sys::time::TimeSpec::from_duration);
+    match nix::poll::ppoll(&mut fds, timeout, Some(mask)) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN)),
+        Err(e) => {
+            // EINTR is the signal this waits for; anything else must not
+            // turn the caller's loop into a busy one.
+            if e != nix::errno::Errno::EINTR {
+                std::thread::sleep(POLL);
+            }
+            false
+        }
     }
 }
 
@@ -296,6 +368,34 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_supervisor_sleeps_until_the_command_exits() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "exit 0"])
+            .spawn()
+            .unwrap();
+        let fd = pidfd_open(Pid::from_raw(child.id() as i32)).expect("pidfd_open");
+        let mask = SigSet::thread_get_mask().unwrap();
+        // Woken by the exit itself, long before the timeout.
+        assert!(sleep_until_exit(&fd, mask, Some(Duration::from_secs(60))));
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn the_supervisor_sleep_ends_at_its_timeout_while_the_command_runs() {
+        let mut child = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+        let fd = pidfd_open(Pid::from_raw(child.id() as i32)).expect("pidfd_open");
+        let mask = SigSet::thread_get_mask().unwrap();
+        assert!(!sleep_until_exit(
+            &fd,
+            mask,
+            Some(Duration::from_millis(10))
+        ));
+        child.kill().unwrap();
+        assert!(sleep_until_exit(&fd, mask, Some(Duration::from_secs(60))));
+        let _ = child.wait();
+    }
 
     #[test]
     fn tls_variables() {

@@ -176,6 +176,10 @@ struct Incoming<'c> {
     req: Request,
     /// Set when the request must be refused before running it.
     refuse: Option<(u32, String)>,
+    /// The length of a write's payload left in the read buffer (0 when it
+    /// was read into the worker's buffer): the caller passes it to the
+    /// plugin from there, then consumes it.
+    in_place: usize,
     /// A large request's share of the connection's and the process's
     /// buffer budgets, given back once its reply is sent.
     _held: Option<(Grant<'c>, Grant<'static>)>,
@@ -259,7 +263,12 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
                     wait.before_read(r, fd, &mut burst);
                 }
             }
-            let incoming = match receive(c, r, &mut buf) {
+            // When the layers never wait and this connection's requests
+            // have been quick, run this one here and keep the read side:
+            // waking another worker costs more than the request itself.
+            // Its payload is then passed on straight from the read buffer.
+            let inline = c.s.quick_layers && c.pace.quick();
+            let incoming = match receive(c, r, &mut buf, inline) {
                 Ok(Some(inc)) => inc,
                 Ok(None) => {
                     // The client's goodbye may follow requests whose
@@ -274,20 +283,20 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
                     return;
                 }
             };
-            // When the layers never wait and this connection's requests
-            // have been quick, run this one here and keep the read side:
-            // waking another worker costs more than the request itself.
-            // While the read buffer holds another whole request, its reply
-            // waits in `out` to go out with the next ones in one write.
-            // Otherwise hand the read side on first, so requests overlap
-            // (a plugin that may wait for a disk always does this, so one
-            // slow read never holds up the next); with no idle worker to
-            // take it, start one.
-            if c.s.quick_layers && c.pace.quick() {
+            // Run inline: while the read buffer holds another whole request
+            // (after this one's payload), the reply waits in `out` to go out
+            // with the next ones in one write.  Otherwise hand the read side
+            // on first, so requests overlap (a plugin that may wait for a
+            // disk always does this, so one slow read never holds up the
+            // next); with no idle worker to take it, start one.
+            if inline {
                 burst += 1;
-                let more = whole_request_at(r.buffer(), extended);
+                let n = incoming.in_place;
+                let more = whole_request_at(&r.buffer()[n..], extended);
                 wait_next = !more;
-                if !run_and_reply(c, incoming, &mut buf, &mut out, more) {
+                let ok = run_and_reply(c, incoming, &mut buf, &r.buffer()[..n], &mut out, more);
+                r.consume(n);
+                if !ok {
                     return;
                 }
             } else {
@@ -299,7 +308,7 @@ fn worker<'scope, 'env>(c: &'scope Shared<'env>, scope: &'scope Scope<'scope, 'e
                 if c.s.workers > 1 && c.waiting.load(Ordering::Acquire) == 0 {
                     add_worker(c, scope);
                 }
-                if !run_and_reply(c, incoming, &mut buf, &mut out, false) {
+                if !run_and_reply(c, incoming, &mut buf, &[], &mut out, false) {
                     return;
                 }
                 break;
@@ -432,20 +441,25 @@ fn await_next_request(r: &mut Reader, fd: BorrowedFd<'_>) {
 }
 
 /// Run one request and send its reply.  `false` when the connection is
-/// finished (the reply could not be sent).  With `defer`, a small reply may
-/// wait in `out` for the next ones (see [`send_reply`]).
+/// finished (the reply could not be sent).  A write's payload is `payload`
+/// when the request left it in the read buffer, else in `buf`.  With
+/// `defer`, a small reply may wait in `out` for the next ones (see
+/// [`send_reply`]).
 fn run_and_reply(
     c: &Shared<'_>,
     incoming: Incoming<'_>,
     buf: &mut Vec<u8>,
+    payload: &[u8],
     out: &mut Vec<u8>,
     defer: bool,
 ) -> bool {
     let Incoming {
         req,
         refuse,
+        in_place,
         _held: held,
     } = incoming;
+    debug_assert_eq!(in_place, payload.len());
     if crate::log::verbose() {
         crate::log::debug(format!(
             "{} flags=0x{:x} offset={} length={}",
@@ -473,7 +487,7 @@ fn run_and_reply(
             let started = Instant::now();
             let outcome = {
                 let _guard = hold(c.s.request_lock);
-                execute(c.s, &req, buf)
+                execute(c.s, &req, buf, payload)
             };
             c.pace
                 .ran_for(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -510,12 +524,15 @@ fn run_and_reply(
     true
 }
 
-/// Read one request (and its payload into `buf`).  `Ok(None)` means the
-/// client is gone: clean EOF or `NBD_CMD_DISC`.
+/// Read one request, and its payload into `buf` or, with `in_place` and
+/// the whole payload already read, left in the read buffer (see
+/// [`Incoming::in_place`]).  `Ok(None)` means the client is gone: clean EOF
+/// or `NBD_CMD_DISC`.
 fn receive<'c>(
     c: &'c Shared<'_>,
     r: &mut Reader,
     buf: &mut Vec<u8>,
+    in_place: bool,
 ) -> io::Result<Option<Incoming<'c>>> {
     let s = c.s;
     let extended = s.style == ReplyStyle::Extended;
@@ -555,6 +572,7 @@ fn receive<'c>(
         None
     };
     let mut refuse = None;
+    let mut left = 0;
     if payload > MAX_REQUEST_SIZE {
         if extended {
             // The spec lets a server hang up on a payload larger than it
@@ -568,10 +586,14 @@ fn receive<'c>(
         refuse = Some((NBD_ENOMEM, format!("request too large ({payload} bytes)")));
     } else if payload > 0 {
         let n = payload as usize;
-        if buf.len() < n {
-            buf.resize(n, 0);
+        if in_place && r.buffer().len() >= n {
+            left = n;
+        } else {
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            r.read_exact(&mut buf[..n])?;
         }
-        r.read_exact(&mut buf[..n])?;
     }
     if refuse.is_none() {
         refuse = validate(s, &req, has_payload).err();
@@ -579,6 +601,7 @@ fn receive<'c>(
     Ok(Some(Incoming {
         req,
         refuse,
+        in_place: left,
         _held: held,
     }))
 }
@@ -691,7 +714,9 @@ enum Outcome {
     Error(u32),
 }
 
-fn execute(s: &Session<'_>, req: &Request, buf: &mut Vec<u8>) -> Outcome {
+/// Run one request.  A read's data goes to `buf`; a write's payload is
+/// `payload` if it is not empty, else the start of `buf`.
+fn execute(s: &Session<'_>, req: &Request, buf: &mut Vec<u8>, payload: &[u8]) -> Outcome {
     let ctx = s.export.ctx();
     let fua = if req.flags & NBD_CMD_FLAG_FUA != 0 {
         flags::FUA
@@ -707,9 +732,14 @@ fn execute(s: &Session<'_>, req: &Request, buf: &mut Vec<u8>) -> Outcome {
             ctx.pread(&mut buf[..n], req.offset, 0)
                 .map(|()| Outcome::Read(n))
         }
-        NBD_CMD_WRITE => ctx
-            .pwrite(&buf[..req.length as usize], req.offset, fua)
-            .map(|()| Outcome::Ok),
+        NBD_CMD_WRITE => {
+            let data = if payload.is_empty() {
+                &buf[..req.length as usize]
+            } else {
+                payload
+            };
+            ctx.pwrite(data, req.offset, fua).map(|()| Outcome::Ok)
+        }
         NBD_CMD_FLUSH => ctx.flush(0).map(|()| Outcome::Ok),
         NBD_CMD_TRIM => ctx.trim(req.length, req.offset, fua).map(|()| Outcome::Ok),
         NBD_CMD_CACHE => ctx.cache(req.length, req.offset, 0).map(|()| Outcome::Ok),

@@ -953,3 +953,83 @@ fn gathered_replies_with_out_of_order_completion() {
     }
     c.disconnect();
 }
+
+/// Pipelined writes whose payloads arrive whole in the read buffer (the
+/// server hands them to the plugin from there), split across reads, or
+/// larger than the buffer, mixed with refused writes whose payload must
+/// still be skipped: every reply is right and every byte lands where it was
+/// sent.
+#[test]
+fn pipelined_write_payloads_land_however_they_arrive() {
+    const SIZE: usize = 32 << 20;
+    let s = Server::start(&["memory", "32M"]);
+    let mut c = Conn::fixed(&s.sock);
+    c.go();
+    let mut disk = vec![0u8; SIZE];
+    let mut expect: std::collections::BTreeMap<u64, u32> = Default::default();
+    let mut batch = Vec::new();
+    let sizes = [
+        1usize, 512, 4096, 4095, 28, 65536, 300_000, 4096, 7, 131_072,
+    ];
+    let mut at = 0usize;
+    for i in 0..300u64 {
+        let len = sizes[i as usize % sizes.len()];
+        let data = pseudo_random(len, i + 1);
+        let cookie = i + 1;
+        if i % 7 == 3 {
+            // Runs past the end: refused, and its payload skipped.
+            let offset = (SIZE - 1) as u64;
+            push_request(
+                &mut batch,
+                0,
+                CMD_WRITE,
+                cookie,
+                offset,
+                len as u32 + 1,
+                &data,
+            );
+            batch.push(0xee);
+            expect.insert(cookie, ENOSPC);
+        } else {
+            // Apart from each other, so their order does not matter.
+            push_request(
+                &mut batch, 0, CMD_WRITE, cookie, at as u64, len as u32, &data,
+            );
+            disk[at..at + len].copy_from_slice(&data);
+            at += len + 1;
+            expect.insert(cookie, 0);
+        }
+    }
+    assert!(at <= SIZE);
+    // Sent in ragged pieces, so payloads straddle the server's reads.
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut pieces = [1000usize, 3, 70_000, 4124, 262_144].iter().cycle();
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let n = (*pieces.next().unwrap()).min(rest.len());
+            w.write_all(&rest[..n]).unwrap();
+            rest = &rest[n..];
+        }
+    });
+    while !expect.is_empty() {
+        let (err, cookie) = c.simple_reply();
+        let want = expect
+            .remove(&cookie)
+            .unwrap_or_else(|| panic!("reply for unknown or answered cookie {cookie}"));
+        if want == ENOSPC {
+            assert!(
+                err == ENOSPC || err == EINVAL,
+                "write {cookie}: errno {err}"
+            );
+        } else {
+            assert_eq!(err, want, "write {cookie}");
+        }
+    }
+    writer.join().unwrap();
+    for (i, chunk) in disk.chunks(1 << 20).enumerate() {
+        let got = c.read(1, (i << 20) as u64, chunk.len() as u32, 0).unwrap();
+        assert!(got == chunk, "data in MiB {i}");
+    }
+    c.disconnect();
+}

@@ -45,7 +45,7 @@ check_rust() {
 
 # Debian packages the build needs: a C compiler and linker (for the -sys
 # crates, the C plugin ABI shim and linking), pkg-config and the libraries' -dev
-# packages (libnbd-dev for the nbd plugin), and
-# CA certificates for cargo to fetch crates.
+# packages, and CA certificates for cargo to fetch crates.  libnbd is not
+# linked: the nbd plugin loads libnbd.so.0 (package libnbd0) when it starts.
 build_debs=(gcc libc6-dev pkg-config libssl-dev libcurl4-openssl-dev liblzma-dev zlib1g-dev
-            libnbd-dev ca-certificates)
+            ca-certificates)

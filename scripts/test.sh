@@ -22,14 +22,14 @@ check_rust
 # cargo-deb work out the package's dependencies and strip the binary, and
 # man-db reads the packaged pages back; nbdkit-plugin-python is the Debian
 # plugin the package test loads (it brings Debian's C nbdkit, which the
-# side-by-side tests compare against). libnbd-dev is what the nbd plugin
-# links (libnbd.so); nbdkit-plugin-dev's header and gcc build the C test
+# side-by-side tests compare against). libnbd0 is what the nbd plugin
+# loads (libnbd.so.0); nbdkit-plugin-dev's header and gcc build the C test
 # plugins; gdisk checks the partitioning plugin's GPT; e2fsprogs makes
 # tmpdisk's and ondemand's file systems. curl (the program) fetches from the
 # test web server, iproute2's ss shows TCP keepalive, and file lets nbdinfo
 # describe an export's content.
 pkgs=(libnbd-bin python3-libnbd qemu-utils socat gnutls-bin fio jq systemd fdisk gdisk tar
-      xz-utils gzip bzip2 util-linux mount libnbd-dev e2fsprogs
+      xz-utils gzip bzip2 util-linux mount libnbd0 e2fsprogs
       lighttpd openssl pandoc dpkg-dev binutils man-db
       nbdkit nbdkit-plugin-dev nbdkit-plugin-python gcc curl iproute2 file)
 install_debs "${build_debs[@]}" "${pkgs[@]}"

@@ -678,3 +678,38 @@ fn bad_parameters_are_startup_errors() {
         stderr_str(&o)
     );
 }
+
+/// libnbd (and GnuTLS, libxml2 and ICU behind it) is loaded by the nbd
+/// plugin when it starts, not linked: a server of any other plugin never
+/// maps it, and the nbd plugin still finds it (the rest of this file).
+#[test]
+fn libnbd_is_loaded_only_by_the_nbd_plugin() {
+    let out = run_cmd(
+        std::process::Command::new("readelf")
+            .arg("-d")
+            .arg(binary()),
+        TIMEOUT,
+    );
+    let dynamic = stdout_str(&out);
+    assert!(dynamic.contains("(NEEDED)"), "readelf -d: {dynamic}");
+    assert!(!dynamic.contains("libnbd"), "linked: {dynamic}");
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("pid");
+    let maps = |plugin: &[&str]| {
+        let mut args = vec!["-P", pid.to_str().unwrap()];
+        args.extend_from_slice(plugin);
+        captive(&args, &format!("cat /proc/$(cat '{}')/maps", pid.display()))
+    };
+    let served = maps(&["memory", "1M"]);
+    assert!(served.contains("libc.so"), "maps: {served}");
+    assert!(
+        !served.contains("libnbd"),
+        "memory plugin mapped libnbd:\n{served}"
+    );
+    let remote = Server::start(&["memory", "1M"]);
+    let proxied = maps(&["nbd", &format!("socket={}", remote.sock.display())]);
+    assert!(
+        proxied.contains("libnbd.so"),
+        "nbd plugin without libnbd:\n{proxied}"
+    );
+}

@@ -125,6 +125,11 @@ fn control_fields() {
     for lib in ["libc6", "libssl3", "libcurl4"] {
         assert!(depends.contains(lib), "Depends lacks {lib}: {depends}");
     }
+    // Not linked but loaded by the nbd plugin: named by hand.
+    assert!(
+        depends.contains("libnbd0 (>= 1.14)"),
+        "Depends lacks libnbd0: {depends}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! The `libnbd` crate is not on the registry we build from, so this module
 //! declares the few functions it needs itself (they exist in every libnbd
-//! since 1.14, Debian 12's) and links `libnbd.so`.
+//! since 1.14, Debian 12's) and loads `libnbd.so.0` when the plugin first
+//! needs it (see [`load`]).
 //!
 //! An [`Nbd`] owns one `struct nbd_handle`.  libnbd serialises every call
 //! on a handle with the handle's own lock, so `&Nbd` may be used from many
@@ -17,7 +18,7 @@ use nix::errno::Errno;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// The opaque C handle.
 #[repr(C)]
@@ -74,16 +75,74 @@ const AIO_DIRECTION_WRITE: c_uint = 2;
 /// The meta context the plugin asks for and passes through.
 pub const BASE_ALLOCATION: &str = "base:allocation";
 
-#[link(name = "nbd")]
-extern "C" {
+/// The shared object the plugin loads: libnbd's soname since 1.0.
+const LIBNBD: &str = "libnbd.so.0";
+
+/// Declares the libnbd functions the plugin calls.  libnbd is not linked:
+/// it (with GnuTLS, libxml2 and ICU behind it) would cost every nbdkit
+/// start-up over a millisecond, whatever the plugin.  Instead [`load`] opens
+/// it when the `nbd` plugin first needs it and fills a table of pointers;
+/// each function here has libnbd's name and signature and calls through
+/// that table, so the code below reads as if libnbd were linked.
+macro_rules! libnbd_api {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;)*) => {
+        /// Pointers to libnbd's functions, resolved once.
+        struct Api {
+            $($name: unsafe extern "C" fn($($ty),*) -> $ret,)*
+        }
+
+        impl Api {
+            /// Look every function up in `lib`.
+            ///
+            /// # Safety
+            /// `lib` is a live handle from `dlopen` of libnbd, never closed.
+            unsafe fn resolve(lib: *mut c_void) -> std::result::Result<Api, String> {
+                Ok(Api {
+                    $($name: {
+                        let symbol = concat!(stringify!($name), "\0");
+                        // SAFETY: `lib` is live (the caller's promise) and
+                        // `symbol` is NUL-terminated.
+                        let f = unsafe { libc::dlsym(lib, symbol.as_ptr().cast()) };
+                        if f.is_null() {
+                            return Err(format!(
+                                "{LIBNBD}: no {} (libnbd 1.14 or later is needed)",
+                                stringify!($name)
+                            ));
+                        }
+                        // SAFETY: libnbd exports this symbol as a function
+                        // with exactly the C signature declared here
+                        // (libnbd-api(3)); a data pointer from dlsym and a
+                        // function pointer have the same size on Linux.
+                        unsafe {
+                            std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) -> $ret>(f)
+                        }
+                    },)*
+                })
+            }
+        }
+
+        $(
+            /// libnbd's function of this name.
+            ///
+            /// # Safety
+            /// As libnbd documents for it; and [`load`] has succeeded, which
+            /// every caller's handle or failed call implies.
+            unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                // SAFETY: the caller keeps libnbd's own contract.
+                unsafe { (api().$name)($($arg),*) }
+            }
+        )*
+    };
+}
+
+libnbd_api! {
     fn nbd_create() -> *mut NbdHandle;
-    fn nbd_close(h: *mut NbdHandle);
+    fn nbd_close(h: *mut NbdHandle) -> ();
     fn nbd_get_error() -> *const c_char;
     fn nbd_get_errno() -> c_int;
     fn nbd_get_version(h: *mut NbdHandle) -> *const c_char;
     fn nbd_supports_tls(h: *mut NbdHandle) -> c_int;
     fn nbd_supports_uri(h: *mut NbdHandle) -> c_int;
-
     fn nbd_set_handle_name(h: *mut NbdHandle, name: *const c_char) -> c_int;
     fn nbd_set_export_name(h: *mut NbdHandle, name: *const c_char) -> c_int;
     fn nbd_add_meta_context(h: *mut NbdHandle, name: *const c_char) -> c_int;
@@ -96,14 +155,15 @@ extern "C" {
     fn nbd_set_tls_verify_peer(h: *mut NbdHandle, verify: bool) -> c_int;
     fn nbd_set_tls_username(h: *mut NbdHandle, name: *const c_char) -> c_int;
     fn nbd_set_tls_psk_file(h: *mut NbdHandle, file: *const c_char) -> c_int;
-
     fn nbd_connect_uri(h: *mut NbdHandle, uri: *const c_char) -> c_int;
     fn nbd_connect_unix(h: *mut NbdHandle, path: *const c_char) -> c_int;
     fn nbd_connect_tcp(h: *mut NbdHandle, host: *const c_char, port: *const c_char) -> c_int;
     fn nbd_connect_vsock(h: *mut NbdHandle, cid: u32, port: u32) -> c_int;
     fn nbd_connect_socket(h: *mut NbdHandle, sock: c_int) -> c_int;
-    fn nbd_connect_systemd_socket_activation(h: *mut NbdHandle, argv: *mut *mut c_char) -> c_int;
-
+    fn nbd_connect_systemd_socket_activation(
+        h: *mut NbdHandle,
+        argv: *mut *mut c_char,
+    ) -> c_int;
     fn nbd_opt_go(h: *mut NbdHandle) -> c_int;
     fn nbd_opt_abort(h: *mut NbdHandle) -> c_int;
     fn nbd_opt_info(h: *mut NbdHandle) -> c_int;
@@ -111,7 +171,6 @@ extern "C" {
     fn nbd_get_canonical_export_name(h: *mut NbdHandle) -> *mut c_char;
     fn nbd_get_export_description(h: *mut NbdHandle) -> *mut c_char;
     fn nbd_shutdown(h: *mut NbdHandle, flags: u32) -> c_int;
-
     fn nbd_get_size(h: *mut NbdHandle) -> i64;
     fn nbd_get_block_size(h: *mut NbdHandle, size_type: c_int) -> i64;
     fn nbd_is_read_only(h: *mut NbdHandle) -> c_int;
@@ -124,7 +183,6 @@ extern "C" {
     fn nbd_can_multi_conn(h: *mut NbdHandle) -> c_int;
     fn nbd_can_cache(h: *mut NbdHandle) -> c_int;
     fn nbd_can_meta_context(h: *mut NbdHandle, name: *const c_char) -> c_int;
-
     fn nbd_aio_pread(
         h: *mut NbdHandle,
         buf: *mut c_void,
@@ -180,6 +238,56 @@ extern "C" {
     fn nbd_aio_is_ready(h: *mut NbdHandle) -> c_int;
     fn nbd_aio_is_dead(h: *mut NbdHandle) -> c_int;
     fn nbd_aio_is_closed(h: *mut NbdHandle) -> c_int;
+}
+
+static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+
+/// Open libnbd and resolve its functions, once per process; the error
+/// names what is missing.  Everything else here needs it done first:
+/// [`Nbd::create`] calls it.
+pub fn load() -> Result<()> {
+    match API.get_or_init(|| open(LIBNBD)) {
+        Ok(_) => Ok(()),
+        Err(msg) => Err(Error::config(msg.clone())),
+    }
+}
+
+/// Open the shared object `name` and resolve libnbd's functions in it.
+fn open(name: &str) -> std::result::Result<Api, String> {
+    let cname = CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: `cname` is a valid C string.  dlopen runs the library's (and
+    // its dependencies') initialisers, which need nothing from us; the
+    // handle is never closed, so the table stays valid for the process's
+    // life.
+    let lib = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if lib.is_null() {
+        return Err(dl_error(name));
+    }
+    // SAFETY: `lib` was just opened and is never closed.
+    unsafe { Api::resolve(lib) }
+}
+
+/// dlerror's message, or a generic one.
+fn dl_error(name: &str) -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until
+    // the next dl* call on this thread; it is copied at once.
+    let p = unsafe { libc::dlerror() };
+    if p.is_null() {
+        format!("{name}: cannot be loaded")
+    } else {
+        // SAFETY: as above.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// The loaded table.  Only called through the wrappers, whose callers hold
+/// a handle or a failed call's error, both of which need [`load`] to have
+/// succeeded.
+fn api() -> &'static Api {
+    match API.get() {
+        Some(Ok(api)) => api,
+        _ => unreachable!("libnbd was called before it was loaded"),
+    }
 }
 
 /// The calling thread's last libnbd error, as an [`Error`] (libnbd keeps
@@ -376,7 +484,9 @@ pub enum Polled {
 impl Nbd {
     /// A fresh, unconnected handle.
     pub fn create() -> Result<Nbd> {
-        // SAFETY: nbd_create has no preconditions; NULL means failure.
+        load()?;
+        // SAFETY: nbd_create has no preconditions but a loaded libnbd
+        // (just checked); NULL means failure.
         let h = unsafe { nbd_create() };
         NonNull::new(h).map(|h| Nbd { h }).ok_or_else(last_error)
     }
@@ -814,5 +924,33 @@ impl Nbd {
         } else {
             Ok(Polled::Progress)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        let Err(e) = open("libnbd-not-here.so.0") else {
+            panic!("opened a library that does not exist");
+        };
+        assert!(e.contains("libnbd-not-here.so.0"), "{e}");
+    }
+
+    #[test]
+    fn a_library_without_libnbds_functions_is_refused() {
+        let Err(e) = open("libc.so.6") else {
+            panic!("libc taken for libnbd");
+        };
+        assert!(e.contains("no nbd_create"), "{e}");
+    }
+
+    #[test]
+    fn libnbd_loads_and_makes_handles() {
+        load().unwrap();
+        let h = Nbd::create().unwrap();
+        assert!(h.version().starts_with("1."), "{}", h.version());
     }
 }

@@ -713,3 +713,42 @@ fn libnbd_is_loaded_only_by_the_nbd_plugin() {
         "nbd plugin without libnbd:\n{proxied}"
     );
 }
+
+/// Where libnbd cannot be loaded (here: an empty file bound over it in a
+/// private mount namespace, so this test needs root), the nbd plugin fails
+/// to start with dlopen's reason and exit status 1, and other plugins serve
+/// as before.
+#[test]
+fn without_libnbd_the_plugin_fails_to_start_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.so");
+    std::fs::write(&empty, b"").unwrap();
+    let o = run_cmd(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(concat!(
+                r#"lib=$(readlink -f /usr/lib/$(uname -m)-linux-gnu/libnbd.so.0) && "#,
+                r#"mount --bind "$2" "$lib" || exit 99; "#,
+                r#""$1" -U - memory 1M --run 'echo memory served' || exit 98; "#,
+                r#"exec "$1" -U - nbd socket=/nonexistent --run 'echo proxy served'"#
+            ))
+            .arg("sh")
+            .arg(binary())
+            .arg(&empty),
+        TIMEOUT,
+    );
+    let (out, err) = (stdout_str(&o), String::from_utf8_lossy(&o.stderr));
+    assert_ne!(
+        o.status.code(),
+        Some(99),
+        "could not hide libnbd (this test needs root: unshare --mount): {err}"
+    );
+    assert_eq!(out, "memory served\n", "stderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "stdout: {out} stderr: {err}");
+    assert!(
+        err.starts_with("nbdkit: error: ")
+            && err.contains("libnbd.so.0")
+            && err.lines().count() == 1,
+        "stderr: {err}"
+    );
+}

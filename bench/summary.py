@@ -19,6 +19,8 @@ UNITS = {
     "start.to_run_us": ("us to --run", False),
     "start.run_to_exit_us": ("us to exit", False),
     "curl.http.copy": ("MiB/s", True),
+    "tls.plain.copy1G": ("MiB/s", True),
+    "tls.psk.copy1G": ("MiB/s, PSK TLS", True),
     "sh.pread64k.calls_per_s": ("script calls/s", True),
     "eval.pread64k.calls_per_s": ("script calls/s", True),
 }

@@ -115,22 +115,29 @@ fn wait_command(child: &mut std::process::Child) -> std::io::Result<std::process
     for sig in FORWARDED {
         forwarded.add(sig);
     }
-    // Held blocked from here to the end (see [`sleep_until_exit`]).
-    let before = forwarded
-        .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
-        .ok();
-    let status = wait_command_blocked(child, pid, before.as_ref());
-    if let Some(mask) = before {
-        let _ = mask.thread_set_mask();
+    // With a pidfd, the forwarded signals stay blocked from here to the end
+    // but inside `ppoll` (see [`sleep_until_exit`]).  Without one (a kernel
+    // before 5.3), they stay deliverable and the loop looks every [`POLL`].
+    let waiter = pidfd_open(pid).and_then(|fd| {
+        let before = forwarded
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+            .ok()?;
+        Some((fd, before))
+    });
+    let status = wait_command_until(child, pid, waiter.as_ref());
+    if let Some((_, before)) = &waiter {
+        let _ = before.thread_set_mask();
     }
     COMMAND.store(0, Ordering::Relaxed);
     status
 }
 
-fn wait_command_blocked(
+/// The loop of [`wait_command`]; `waiter` is COMMAND's pidfd and the signal
+/// mask from before the forwarded signals were blocked.
+fn wait_command_until(
     child: &mut std::process::Child,
     pid: Pid,
-    unblocked: Option<&SigSet>,
+    waiter: Option<&(OwnedFd, SigSet)>,
 ) -> std::io::Result<std::process::ExitStatus> {
     // A signal that arrived before COMMAND's pid was known.
     let early = RECEIVED.load(Ordering::Relaxed);
@@ -139,8 +146,6 @@ fn wait_command_blocked(
             let _ = kill(pid, sig);
         }
     }
-    // Sleeping until an event needs the mask to let the signals through.
-    let pidfd = unblocked.and_then(|mask| Some((pidfd_open(pid)?, *mask)));
     let mut since: Option<Instant> = None;
     let mut killed = false;
     loop {
@@ -156,7 +161,7 @@ fn wait_command_blocked(
                 killed = true;
             }
         }
-        match (&pidfd, since) {
+        match (waiter, since) {
             (Some((fd, mask)), None) => _ = sleep_until_exit(fd, *mask, None),
             (Some((fd, mask)), Some(_)) => _ = sleep_until_exit(fd, *mask, Some(POLL)),
             (None, _) => std::thread::sleep(POLL),
@@ -368,6 +373,17 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_pidfd_the_supervisor_still_sees_the_command_end() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let status = wait_command_until(&mut child, pid, None).unwrap();
+        assert_eq!(status.code(), Some(3));
+    }
 
     #[test]
     fn the_supervisor_sleeps_until_the_command_exits() {

@@ -176,9 +176,9 @@ struct Incoming<'c> {
     req: Request,
     /// Set when the request must be refused before running it.
     refuse: Option<(u32, String)>,
-    /// The length of a write's payload left in the read buffer (0 when it
-    /// was read into the worker's buffer): the caller passes it to the
-    /// plugin from there, then consumes it.
+    /// The length of the request's payload left in the read buffer (0 when
+    /// it was read into the worker's buffer): the caller passes it to the
+    /// plugin from there (a write's data), then consumes it.
     in_place: usize,
     /// A large request's share of the connection's and the process's
     /// buffer budgets, given back once its reply is sent.

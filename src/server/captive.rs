@@ -374,25 +374,27 @@ pub fn supervise(server: Pid, ready: OwnedFd, vars: &RunVars, command: &str) -> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn without_a_pidfd_the_supervisor_still_sees_the_command_end() {
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", "exit 3"])
+    /// `sh -c SCRIPT`, its pid, and this thread's signal mask.
+    fn shell(script: &str) -> (std::process::Child, Pid, SigSet) {
+        let child = Command::new("/bin/sh")
+            .args(["-c", script])
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
+        (child, pid, SigSet::thread_get_mask().unwrap())
+    }
+
+    #[test]
+    fn without_a_pidfd_the_supervisor_still_sees_the_command_end() {
+        let (mut child, pid, _) = shell("exit 3");
         let status = wait_command_until(&mut child, pid, None).unwrap();
         assert_eq!(status.code(), Some(3));
     }
 
     #[test]
     fn the_supervisor_sleeps_until_the_command_exits() {
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", "exit 0"])
-            .spawn()
-            .unwrap();
-        let fd = pidfd_open(Pid::from_raw(child.id() as i32)).expect("pidfd_open");
-        let mask = SigSet::thread_get_mask().unwrap();
+        let (mut child, pid, mask) = shell("exit 0");
+        let fd = pidfd_open(pid).expect("pidfd_open");
         // Woken by the exit itself, long before the timeout.
         assert!(sleep_until_exit(&fd, mask, Some(Duration::from_secs(60))));
         assert!(child.wait().unwrap().success());
@@ -400,9 +402,8 @@ mod tests {
 
     #[test]
     fn the_supervisor_sleep_ends_at_its_timeout_while_the_command_runs() {
-        let mut child = Command::new("/bin/sleep").arg("60").spawn().unwrap();
-        let fd = pidfd_open(Pid::from_raw(child.id() as i32)).expect("pidfd_open");
-        let mask = SigSet::thread_get_mask().unwrap();
+        let (mut child, pid, mask) = shell("exec sleep 60");
+        let fd = pidfd_open(pid).expect("pidfd_open");
         assert!(!sleep_until_exit(
             &fd,
             mask,

@@ -101,7 +101,8 @@ pub fn parent_after_fork() {
     NO_UNLOAD.store(true, Ordering::Relaxed);
 }
 
-fn dlerror() -> String {
+/// dlerror's message for the last failed dl* call on this thread.
+pub(crate) fn dlerror() -> String {
     // SAFETY: dlerror returns null or a valid C string owned by libc.
     let e = unsafe { libc::dlerror() };
     if e.is_null() {

@@ -261,23 +261,10 @@ fn open(name: &str) -> std::result::Result<Api, String> {
     // life.
     let lib = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if lib.is_null() {
-        return Err(dl_error(name));
+        return Err(crate::plugins::cabi::dlerror());
     }
     // SAFETY: `lib` was just opened and is never closed.
     unsafe { Api::resolve(lib) }
-}
-
-/// dlerror's message, or a generic one.
-fn dl_error(name: &str) -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until
-    // the next dl* call on this thread; it is copied at once.
-    let p = unsafe { libc::dlerror() };
-    if p.is_null() {
-        format!("{name}: cannot be loaded")
-    } else {
-        // SAFETY: as above.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
 }
 
 /// The loaded table.  Only called through the wrappers, whose callers hold
